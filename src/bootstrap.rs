@@ -1,0 +1,202 @@
+//! Start-up: data dir, store, master key, data keys and API keys, in that
+//! order, each with a clear error if it cannot be had.
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::http::HeaderName;
+use zeroize::Zeroizing;
+
+use crate::auth::{ApiKeys, KeyHash, generate_key};
+use crate::config::ServeConfig;
+use crate::crypto::{CryptoError, Keyring, MasterKey};
+use crate::service::{Limits, Service};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+
+/// Name of the database file inside the data dir.
+pub const DB_FILE: &str = "secretd.db";
+/// Name of the generated master key file inside the data dir.
+pub const MASTER_KEY_FILE: &str = "master.key";
+/// Setting holding the SHA-256 of the generated API key.
+const GENERATED_KEY_SETTING: &str = "generated_api_key_sha256";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("master key: {0}")]
+    MasterKey(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("invalid auth header name {0:?}")]
+    BadHeader(String),
+}
+
+/// Everything `serve` needs, opened and checked.
+#[derive(Debug)]
+pub struct Opened {
+    pub service: Arc<Service>,
+    pub api_keys: Arc<ApiKeys>,
+    /// The API key generated on this run (first run without keys): shown
+    /// once, never stored in clear.
+    pub generated_key: Option<Zeroizing<String>>,
+    /// Set when a master key file was generated in the data dir on this run.
+    pub generated_master_key: Option<PathBuf>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BootError + '_ {
+    move |source| BootError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates the data dir (0700, whatever the umask) if needed.
+pub fn prepare_data_dir(dir: &Path) -> Result<(), BootError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+}
+
+/// Opens the store and everything around it.
+pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
+    prepare_data_dir(&cfg.data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir.join(DB_FILE))?);
+
+    let mut stored_keys = store.data_keys().await?;
+    let (master, generated_master_key) = resolve_master_key(cfg, stored_keys.is_empty())?;
+    if stored_keys.is_empty() {
+        let k = Keyring::new_wrapped_key(&master, 1)?;
+        store.add_data_key(k).await?;
+        stored_keys = store.data_keys().await?;
+    }
+    let keyring = Keyring::unwrap_all(&master, &stored_keys)?;
+    drop(master);
+
+    let mut headers = Vec::with_capacity(cfg.auth_headers.len());
+    for h in cfg
+        .auth_headers
+        .iter()
+        .map(|h| h.trim())
+        .filter(|h| !h.is_empty())
+    {
+        headers.push(HeaderName::try_from(h).map_err(|_| BootError::BadHeader(h.to_owned()))?);
+    }
+    let mut keys: Vec<(String, KeyHash)> = Vec::new();
+    for (i, k) in cfg
+        .api_keys
+        .iter()
+        .filter(|k| !k.expose().is_empty())
+        .enumerate()
+    {
+        if k.expose().len() < 16 {
+            tracing::warn!(key_id = %format!("static-{}", i + 1), "API key is shorter than 16 characters; use a long random key");
+        }
+        keys.push((
+            format!("static-{}", i + 1),
+            KeyHash::of(k.expose().as_bytes()),
+        ));
+    }
+    let mut generated_key = None;
+    if keys.is_empty() {
+        match store
+            .setting(GENERATED_KEY_SETTING)
+            .await?
+            .as_deref()
+            .and_then(KeyHash::from_bytes)
+        {
+            Some(h) => keys.push(("generated".into(), h)),
+            None => {
+                let k = generate_key()?;
+                let h = KeyHash::of(k.as_bytes());
+                store
+                    .set_setting(GENERATED_KEY_SETTING, h.as_bytes().to_vec())
+                    .await?;
+                keys.push(("generated".into(), h));
+                generated_key = Some(k);
+            }
+        }
+    }
+
+    let limits = Limits {
+        max_value_bytes: cfg.max_value_bytes,
+    };
+    Ok(Opened {
+        service: Arc::new(Service::new(store, keyring, limits)),
+        api_keys: Arc::new(ApiKeys::new(keys, headers)),
+        generated_key,
+        generated_master_key,
+    })
+}
+
+/// The master key from SECRETD_MASTER_KEY, --master-key-file, or the data
+/// dir's key file; generated there only for a store that holds no data yet.
+fn resolve_master_key(
+    cfg: &ServeConfig,
+    store_is_new: bool,
+) -> Result<(MasterKey, Option<PathBuf>), BootError> {
+    let bad = |src: &str| BootError::MasterKey(format!("{src} does not hold a 32-byte base64 key"));
+    if let Some(k) = &cfg.master_key {
+        return Ok((
+            MasterKey::from_base64(k.expose()).map_err(|_| bad("SECRETD_MASTER_KEY"))?,
+            None,
+        ));
+    }
+    let (file, explicit) = match &cfg.master_key_file {
+        Some(f) => (f.clone(), true),
+        None => (cfg.data_dir.join(MASTER_KEY_FILE), false),
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let text = Zeroizing::new(text);
+            let k = MasterKey::from_base64(&text).map_err(|_| bad(&file.display().to_string()))?;
+            Ok((k, None))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            if !store_is_new {
+                return Err(BootError::MasterKey(format!(
+                    "no master key given and {} does not exist, but the store already holds encrypted data; \
+                     pass the key it was created with (--master-key-file or SECRETD_MASTER_KEY)",
+                    file.display()
+                )));
+            }
+            let k = MasterKey::generate()?;
+            write_new_key_file(&file, &k)
+                .map_err(|e| BootError::MasterKey(format!("writing {}: {e}", file.display())))?;
+            Ok((k, Some(file)))
+        }
+        Err(e) => Err(BootError::MasterKey(format!(
+            "reading {}: {e}",
+            file.display()
+        ))),
+    }
+}
+
+/// Writes a new key file (0600, refusing to overwrite) and syncs it and its
+/// directory before the key is used.
+fn write_new_key_file(file: &Path, key: &MasterKey) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(key.to_base64().as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! Keys and the ciphertext envelope. The only module that touches key bytes.
+//!
+//! * The **master key** (32 bytes) lives outside the database (a file or an
+//!   environment variable). It only wraps data keys.
+//! * **Data keys** (32 bytes each, one per *generation*) encrypt values. They
+//!   are stored in the database wrapped by the master key, with the
+//!   generation bound as associated data.
+//! * The AEAD is XChaCha20-Poly1305: 192-bit random nonces, so the number of
+//!   encryptions per key is not limited by nonce collisions the way 96-bit
+//!   AES-GCM nonces are (NIST's 2^32 limit does not apply).
+//!
+//! Envelope of a sealed value:
+//! `format (1 byte = 1) ‖ generation (u32 BE) ‖ nonce (24 bytes) ‖ ciphertext ‖ tag (16)`
+//! with associated data `"secretd/value/v1" ‖ 0 ‖ path ‖ 0 ‖ version (u64 BE) ‖ generation (u32 BE)`,
+//! so a ciphertext copied to another path, version or generation fails to
+//! open.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::path::{SecretPath, Version};
+
+const KEY_LEN: usize = 32;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+const FORMAT_V1: u8 = 1;
+const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
+const VALUE_AAD_PREFIX: &[u8] = b"secretd/value/v1\0";
+const WRAP_AAD_PREFIX: &[u8] = b"secretd/data-key/v1\0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("master key must be 32 bytes, base64-encoded")]
+    BadMasterKey,
+    #[error(
+        "the master key does not open the stored data key of generation {0}; is this the master key this store was created with?"
+    )]
+    WrongMasterKey(u32),
+    #[error("ciphertext failed authentication")]
+    Corrupt,
+    #[error("no data key of generation {0}")]
+    UnknownGeneration(u32),
+    #[error("system random number generator failed")]
+    Rng,
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), CryptoError> {
+    getrandom::fill(buf).map_err(|_| CryptoError::Rng)
+}
+
+/// The key that wraps data keys. Never stored in the database; no
+/// `PartialEq` (compare with [`MasterKey::ct_eq`]) and a redacting `Debug`.
+pub struct MasterKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl MasterKey {
+    pub fn generate() -> Result<Self, CryptoError> {
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        random_bytes(k.as_mut())?;
+        Ok(MasterKey(k))
+    }
+
+    /// Decodes base64 text (surrounding whitespace ignored).
+    pub fn from_base64(text: &str) -> Result<Self, CryptoError> {
+        let mut raw = Zeroizing::new(
+            B64.decode(text.trim())
+                .map_err(|_| CryptoError::BadMasterKey)?,
+        );
+        if raw.len() != KEY_LEN {
+            raw.zeroize();
+            return Err(CryptoError::BadMasterKey);
+        }
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        k.copy_from_slice(&raw);
+        Ok(MasterKey(k))
+    }
+
+    /// Base64 text of the key, for writing a generated key file.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(B64.encode(self.0.as_ref()))
+    }
+
+    pub fn ct_eq(&self, other: &MasterKey) -> bool {
+        self.0.as_ref().ct_eq(other.0.as_ref()).into()
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(self.0.as_ref().into())
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+/// A data key as stored: its generation and the master-key-wrapped bytes.
+#[derive(Debug, Clone)]
+pub struct WrappedKey {
+    pub generation: u32,
+    pub wrapped: Vec<u8>,
+}
+
+/// The unwrapped data keys, by generation, and which one seals new values.
+pub struct Keyring {
+    active: u32,
+    ciphers: HashMap<u32, XChaCha20Poly1305>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("active", &self.active)
+            .field("generations", &self.ciphers.len())
+            .finish()
+    }
+}
+
+fn wrap_aad(generation: u32) -> Vec<u8> {
+    let mut aad = WRAP_AAD_PREFIX.to_vec();
+    aad.extend_from_slice(&generation.to_be_bytes());
+    aad
+}
+
+fn value_aad(path: &SecretPath, version: Version, generation: u32) -> Vec<u8> {
+    let p = path.as_str().as_bytes();
+    let mut aad = Vec::with_capacity(VALUE_AAD_PREFIX.len() + p.len() + 1 + 8 + 4);
+    aad.extend_from_slice(VALUE_AAD_PREFIX);
+    aad.extend_from_slice(p);
+    aad.push(0);
+    aad.extend_from_slice(&version.get().to_be_bytes());
+    aad.extend_from_slice(&generation.to_be_bytes());
+    aad
+}
+
+fn seal_raw(
+    cipher: &XChaCha20Poly1305,
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, [u8; NONCE_LEN]), CryptoError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    random_bytes(&mut nonce)?;
+    let ct = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| CryptoError::Corrupt)?;
+    Ok((ct, nonce))
+}
+
+impl Keyring {
+    /// Generates a fresh data key of `generation` and wraps it under `master`.
+    pub fn new_wrapped_key(master: &MasterKey, generation: u32) -> Result<WrappedKey, CryptoError> {
+        let mut dk = Zeroizing::new([0u8; KEY_LEN]);
+        random_bytes(dk.as_mut())?;
+        let (ct, nonce) = seal_raw(&master.cipher(), &wrap_aad(generation), dk.as_ref())?;
+        let mut wrapped = Vec::with_capacity(NONCE_LEN + ct.len());
+        wrapped.extend_from_slice(&nonce);
+        wrapped.extend_from_slice(&ct);
+        Ok(WrappedKey {
+            generation,
+            wrapped,
+        })
+    }
+
+    /// Unwraps every stored data key; the highest generation seals new values.
+    /// Fails with [`CryptoError::WrongMasterKey`] if any does not open.
+    pub fn unwrap_all(master: &MasterKey, keys: &[WrappedKey]) -> Result<Self, CryptoError> {
+        let mc = master.cipher();
+        let mut ciphers = HashMap::with_capacity(keys.len());
+        let mut active = 0;
+        for k in keys {
+            if k.wrapped.len() != NONCE_LEN + KEY_LEN + TAG_LEN {
+                return Err(CryptoError::WrongMasterKey(k.generation));
+            }
+            let (nonce, ct) = k.wrapped.split_at(NONCE_LEN);
+            let aad = wrap_aad(k.generation);
+            let dk = Zeroizing::new(
+                mc.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+                    .map_err(|_| CryptoError::WrongMasterKey(k.generation))?,
+            );
+            ciphers.insert(k.generation, XChaCha20Poly1305::new(dk.as_slice().into()));
+            active = active.max(k.generation);
+        }
+        if ciphers.is_empty() {
+            return Err(CryptoError::UnknownGeneration(0));
+        }
+        Ok(Keyring { active, ciphers })
+    }
+
+    pub fn active_generation(&self) -> u32 {
+        self.active
+    }
+
+    /// Encrypts `plaintext` as version `version` of `path`.
+    pub fn seal(
+        &self,
+        path: &SecretPath,
+        version: Version,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let generation = self.active;
+        let cipher = self
+            .ciphers
+            .get(&generation)
+            .ok_or(CryptoError::UnknownGeneration(generation))?;
+        let aad = value_aad(path, version, generation);
+        let (ct, nonce) = seal_raw(cipher, &aad, plaintext)?;
+        let mut out = Vec::with_capacity(HEADER_LEN + ct.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&generation.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Decrypts an envelope sealed for exactly this `path` and `version`.
+    pub fn open(
+        &self,
+        path: &SecretPath,
+        version: Version,
+        envelope: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if envelope.len() < HEADER_LEN + TAG_LEN || envelope[0] != FORMAT_V1 {
+            return Err(CryptoError::Corrupt);
+        }
+        let mut g = [0u8; 4];
+        g.copy_from_slice(&envelope[1..5]);
+        let generation = u32::from_be_bytes(g);
+        let cipher = self.ciphers.get(&generation).ok_or(CryptoError::Corrupt)?;
+        let nonce = XNonce::from_slice(&envelope[5..HEADER_LEN]);
+        let aad = value_aad(path, version, generation);
+        cipher
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &envelope[HEADER_LEN..],
+                    aad: &aad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Corrupt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ring() -> (MasterKey, Keyring) {
+        let m = MasterKey::generate().unwrap();
+        let w = Keyring::new_wrapped_key(&m, 1).unwrap();
+        let k = Keyring::unwrap_all(&m, &[w]).unwrap();
+        (m, k)
+    }
+
+    #[test]
+    fn roundtrip_and_binding() {
+        let (_, k) = ring();
+        let p = SecretPath::parse("tfy-secret/a/b").unwrap();
+        let q = SecretPath::parse("tfy-secret/a/c").unwrap();
+        let v1 = Version::new(1).unwrap();
+        let v2 = Version::new(2).unwrap();
+        let env = k.seal(&p, v1, b"hunter2").unwrap();
+        assert!(!env.windows(7).any(|w| w == b"hunter2"));
+        assert_eq!(k.open(&p, v1, &env).unwrap().as_slice(), b"hunter2");
+        assert!(matches!(k.open(&q, v1, &env), Err(CryptoError::Corrupt)));
+        assert!(matches!(k.open(&p, v2, &env), Err(CryptoError::Corrupt)));
+        for i in 0..env.len() {
+            let mut bad = env.clone();
+            bad[i] ^= 1;
+            assert!(k.open(&p, v1, &bad).is_err(), "flip at {i}");
+        }
+        assert!(k.open(&p, v1, &env[..env.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn wrong_master_key_is_refused() {
+        let (m, _) = ring();
+        let w = Keyring::new_wrapped_key(&m, 1).unwrap();
+        let other = MasterKey::generate().unwrap();
+        assert!(matches!(
+            Keyring::unwrap_all(&other, &[w]),
+            Err(CryptoError::WrongMasterKey(1))
+        ));
+    }
+
+    #[test]
+    fn master_key_base64() {
+        let m = MasterKey::generate().unwrap();
+        let again = MasterKey::from_base64(&m.to_base64()).unwrap();
+        assert!(m.ct_eq(&again));
+        assert!(MasterKey::from_base64("c2hvcnQ=").is_err());
+        assert!(MasterKey::from_base64("!!").is_err());
+        assert_eq!(format!("{m:?}"), "MasterKey(<redacted>)");
+    }
+}

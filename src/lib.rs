@@ -1,0 +1,16 @@
+//! secretd: a self-hosted secret server implementing TrueFoundry's Generic
+//! Secret Store contract. See ARCHITECTURE.md for the map.
+//!
+//! Dependencies point one way: `http` -> `service` -> `store` / `crypto`;
+//! `path` and `error` are shared vocabulary.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod http;
+pub mod path;
+pub mod service;
+pub mod store;

@@ -1,0 +1,104 @@
+//! Durable, versioned storage behind one small trait. The only place with SQL.
+//!
+//! A store keeps, per secret path, a version counter that only grows and one
+//! row per version: its sealed value (an opaque envelope from `crypto`) or,
+//! once deleted, a tombstone with the deletion time. Stores never see
+//! plaintext: `put` receives a [`Sealer`] that turns the version number the
+//! store allocated into an envelope inside the store's transaction, so the
+//! associated data can bind the version.
+//!
+//! Contract every backend honours (and the integration tests check):
+//! * a returned `Ok` from a write means the change is on stable storage;
+//! * versions of one path are allocated atomically, contiguously, and are
+//!   never reused, also after deleting one version or all of them;
+//! * deleting a version destroys its envelope and keeps created/deleted times.
+
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::crypto::{CryptoError, WrappedKey};
+use crate::path::{SecretPath, Version};
+
+/// A boxed future, so the trait stays object-safe (`Arc<dyn Store>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Turns the allocated version into the envelope to store.
+pub type Sealer = Box<dyn FnOnce(Version) -> Result<Vec<u8>, CryptoError> + Send>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or is shutting down; worth a retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The database holds a schema newer than this binary understands.
+    #[error(
+        "the store's schema version {found} is newer than this secretd understands ({known}); upgrade secretd"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    /// The database is not set up durably enough to acknowledge writes.
+    #[error("store durability check failed: {0}")]
+    NotDurable(String),
+    /// A row that breaks the schema's invariants.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("sealing failed: {0}")]
+    Seal(#[from] CryptoError),
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+/// One live version as stored.
+#[derive(Debug)]
+pub struct StoredVersion {
+    pub version: Version,
+    pub envelope: Vec<u8>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Allocates the next version of `path`, seals the value for it and
+    /// stores it durably. Returns the new version.
+    fn put(&self, path: SecretPath, seal: Sealer) -> BoxFuture<'_, Result<Version, StoreError>>;
+
+    /// The newest live version of `path` (`version: None`) or that exact
+    /// version if it is live. `None` if there is no such live version.
+    fn get<'a>(
+        &'a self,
+        path: &'a SecretPath,
+        version: Option<Version>,
+    ) -> BoxFuture<'a, Result<Option<StoredVersion>, StoreError>>;
+
+    /// Tombstones every live version of `path` (`version: None`) or that one
+    /// version. Returns the versions deleted; empty if nothing was live.
+    fn delete(
+        &self,
+        path: SecretPath,
+        version: Option<Version>,
+    ) -> BoxFuture<'_, Result<Vec<Version>, StoreError>>;
+
+    /// The wrapped data keys, every generation.
+    fn data_keys(&self) -> BoxFuture<'_, Result<Vec<WrappedKey>, StoreError>>;
+
+    /// Stores a new wrapped data key; `Ok(false)` if that generation exists.
+    fn add_data_key(&self, key: WrappedKey) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// A small named setting (e.g. the hash of a generated API key).
+    fn setting<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+
+    /// Stores a setting durably, replacing any previous value.
+    fn set_setting(&self, name: &str, value: Vec<u8>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Cheap round trip proving the store answers (for `/readyz`).
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}

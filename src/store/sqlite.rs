@@ -1,0 +1,496 @@
+//! The embedded store: one SQLite database in WAL mode with `synchronous=FULL`.
+//!
+//! * **Writes** go to one writer thread that owns the only write connection.
+//!   It drains every queued write into one transaction (group commit: one
+//!   WAL fsync for many concurrent PUTs), gives each write its own savepoint
+//!   so one failure does not undo the others, and answers each caller only
+//!   after `COMMIT` returned, i.e. after the WAL was synced.
+//! * **Reads** use a small pool of connections on blocking threads; WAL lets
+//!   them run beside the writer without locks.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{BoxFuture, Sealer, Store, StoreError, StoredVersion, now_ms};
+use crate::crypto::WrappedKey;
+use crate::path::{SecretPath, Version};
+
+/// Migrations, in order; `PRAGMA user_version` records how many ran.
+/// Never edit one that has shipped: add a new file.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+
+/// Most writes folded into one transaction.
+const MAX_BATCH: usize = 512;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+enum WriteJob {
+    Put {
+        path: SecretPath,
+        seal: Sealer,
+        reply: oneshot::Sender<Result<Version, StoreError>>,
+    },
+    Delete {
+        path: SecretPath,
+        version: Option<Version>,
+        reply: oneshot::Sender<Result<Vec<Version>, StoreError>>,
+    },
+    AddKey {
+        key: WrappedKey,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    SetSetting {
+        name: String,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// Outcome of applying one job inside the batch transaction, answered only
+/// after the commit.
+enum Applied {
+    Put(
+        oneshot::Sender<Result<Version, StoreError>>,
+        Result<Version, StoreError>,
+    ),
+    Delete(
+        oneshot::Sender<Result<Vec<Version>, StoreError>>,
+        Result<Vec<Version>, StoreError>,
+    ),
+    AddKey(
+        oneshot::Sender<Result<bool, StoreError>>,
+        Result<bool, StoreError>,
+    ),
+    SetSetting(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
+}
+
+impl Applied {
+    /// Answers the caller; if the commit failed, every write in the batch
+    /// failed with it.
+    fn answer(self, commit: &Result<(), String>) {
+        fn pick<T>(r: Result<T, StoreError>, commit: &Result<(), String>) -> Result<T, StoreError> {
+            match commit {
+                Ok(()) => r,
+                Err(e) => Err(StoreError::Backend(format!("commit failed: {e}"))),
+            }
+        }
+        // A caller that went away (client disconnected) is not an error.
+        match self {
+            Applied::Put(tx, r) => drop(tx.send(pick(r, commit))),
+            Applied::Delete(tx, r) => drop(tx.send(pick(r, commit))),
+            Applied::AddKey(tx, r) => drop(tx.send(pick(r, commit))),
+            Applied::SetSetting(tx, r) => drop(tx.send(pick(r, commit))),
+        }
+    }
+}
+
+pub struct SqliteStore {
+    writer: mpsc::UnboundedSender<WriteJob>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    db_path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("db_path", &self.db_path)
+            .finish()
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA secure_delete = ON;",
+    )?;
+    check_durability(&conn)?;
+    Ok(conn)
+}
+
+/// Refuses to run unless commits are synced to the WAL (journal_mode=WAL,
+/// synchronous FULL or EXTRA): NORMAL can lose the last commits on power loss.
+fn check_durability(conn: &Connection) -> Result<(), StoreError> {
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::NotDurable(format!(
+            "journal_mode is {mode}, expected wal"
+        )));
+    }
+    let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+    if sync < 2 {
+        return Err(StoreError::NotDurable(format!(
+            "synchronous is {sync}, expected 2 (FULL) or 3 (EXTRA)"
+        )));
+    }
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > known {
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Makes the database's files owner-only, whatever the umask was.
+fn restrict_files(db_path: &Path) -> Result<(), StoreError> {
+    let mut names = vec![db_path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut p = db_path.as_os_str().to_owned();
+        p.push(suffix);
+        names.push(PathBuf::from(p));
+    }
+    for p in names {
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Backend(format!("chmod {}: {e}", p.display())))?;
+        }
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `db_path`, checks its
+    /// durability settings, runs migrations and starts the writer thread.
+    pub fn open(db_path: &Path) -> Result<Self, StoreError> {
+        // Create the file ourselves so it is 0600 from its first byte; SQLite
+        // gives the -wal and -shm files the same mode.
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(db_path)
+            .map_err(|e| StoreError::Backend(format!("open {}: {e}", db_path.display())))?;
+        let mut conn = open_connection(db_path)?;
+        migrate(&mut conn)?;
+        restrict_files(db_path)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("secretd-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            db_path: db_path.to_path_buf(),
+        })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteJob,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(make(tx))
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = Arc::clone(&self.readers);
+        let db_path = self.db_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().ok().and_then(|mut v| v.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let c = open_connection(&db_path)?;
+                    c.execute_batch("PRAGMA query_only = ON;")?;
+                    c
+                }
+            };
+            let out = f(&conn);
+            if let Ok(mut v) = readers.lock() {
+                v.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteJob>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, &mut batch);
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let err = Err(e.to_string());
+            for job in batch.drain(..) {
+                applied_error(job).answer(&err);
+            }
+            return;
+        }
+    };
+    let mut applied = Vec::with_capacity(batch.len());
+    for job in batch.drain(..) {
+        applied.push(apply_in_savepoint(&tx, job));
+    }
+    let commit = tx.commit().map_err(|e| e.to_string());
+    if let Err(e) = &commit {
+        tracing::error!(error = %e, writes = applied.len(), "sqlite commit failed; batch not acknowledged");
+    }
+    for a in applied {
+        a.answer(&commit);
+    }
+}
+
+fn applied_error(job: WriteJob) -> Applied {
+    let e = || StoreError::Backend("could not begin transaction".into());
+    match job {
+        WriteJob::Put { reply, .. } => Applied::Put(reply, Err(e())),
+        WriteJob::Delete { reply, .. } => Applied::Delete(reply, Err(e())),
+        WriteJob::AddKey { reply, .. } => Applied::AddKey(reply, Err(e())),
+        WriteJob::SetSetting { reply, .. } => Applied::SetSetting(reply, Err(e())),
+    }
+}
+
+/// Runs one job in its own savepoint: on error only that job is undone.
+fn apply_in_savepoint(tx: &rusqlite::Transaction<'_>, job: WriteJob) -> Applied {
+    fn scoped<T>(
+        tx: &rusqlite::Transaction<'_>,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        tx.execute_batch("SAVEPOINT job")?;
+        match f(tx) {
+            Ok(v) => {
+                tx.execute_batch("RELEASE job")?;
+                Ok(v)
+            }
+            Err(e) => {
+                tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                Err(e)
+            }
+        }
+    }
+    match job {
+        WriteJob::Put { path, seal, reply } => {
+            Applied::Put(reply, scoped(tx, |c| put_row(c, &path, seal)))
+        }
+        WriteJob::Delete {
+            path,
+            version,
+            reply,
+        } => Applied::Delete(reply, scoped(tx, |c| delete_rows(c, &path, version))),
+        WriteJob::AddKey { key, reply } => Applied::AddKey(
+            reply,
+            scoped(tx, |c| {
+                let n = c.execute(
+                    "INSERT INTO data_keys (generation, wrapped, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (generation) DO NOTHING",
+                    params![key.generation, key.wrapped, now_ms()],
+                )?;
+                Ok(n == 1)
+            }),
+        ),
+        WriteJob::SetSetting { name, value, reply } => Applied::SetSetting(
+            reply,
+            scoped(tx, |c| {
+                c.execute(
+                    "INSERT INTO settings (name, value) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    params![name, value],
+                )?;
+                Ok(())
+            }),
+        ),
+    }
+}
+
+fn put_row(c: &Connection, path: &SecretPath, seal: Sealer) -> Result<Version, StoreError> {
+    let now = now_ms();
+    let (id, last): (i64, i64) = c
+        .prepare_cached(
+            "INSERT INTO secrets (path, last_version, created_at, updated_at) VALUES (?1, 1, ?2, ?2)
+             ON CONFLICT (path) DO UPDATE SET last_version = last_version + 1, updated_at = ?2
+             RETURNING id, last_version",
+        )?
+        .query_row(params![path.as_str(), now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let version = u64::try_from(last)
+        .ok()
+        .and_then(|v| Version::new(v).ok())
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!("{path}: version counter {last} out of range"))
+        })?;
+    let envelope = seal(version)?;
+    c.prepare_cached(
+        "INSERT INTO versions (secret_id, version, envelope, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![id, version.as_i64(), envelope, now])?;
+    Ok(version)
+}
+
+fn delete_rows(
+    c: &Connection,
+    path: &SecretPath,
+    version: Option<Version>,
+) -> Result<Vec<Version>, StoreError> {
+    let now = now_ms();
+    let mut stmt = c.prepare_cached(
+        "UPDATE versions SET envelope = NULL, deleted_at = ?1
+         WHERE secret_id = (SELECT id FROM secrets WHERE path = ?2)
+           AND (?3 IS NULL OR version = ?3)
+           AND deleted_at IS NULL
+         RETURNING version",
+    )?;
+    let rows = stmt.query_map(
+        params![now, path.as_str(), version.map(Version::as_i64)],
+        |r| r.get::<_, i64>(0),
+    )?;
+    let mut out = Vec::new();
+    for v in rows {
+        let v = v?;
+        out.push(
+            u64::try_from(v)
+                .ok()
+                .and_then(|v| Version::new(v).ok())
+                .ok_or_else(|| StoreError::Corrupt(format!("{path}: version {v} out of range")))?,
+        );
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+impl Store for SqliteStore {
+    fn put(&self, path: SecretPath, seal: Sealer) -> BoxFuture<'_, Result<Version, StoreError>> {
+        Box::pin(self.write(move |reply| WriteJob::Put { path, seal, reply }))
+    }
+
+    fn get<'a>(
+        &'a self,
+        path: &'a SecretPath,
+        version: Option<Version>,
+    ) -> BoxFuture<'a, Result<Option<StoredVersion>, StoreError>> {
+        let path = path.clone();
+        Box::pin(self.read(move |c| {
+            let row: Option<(i64, Vec<u8>, i64)> = c
+                .prepare_cached(
+                    "SELECT v.version, v.envelope, v.created_at
+                     FROM secrets s JOIN versions v ON v.secret_id = s.id
+                     WHERE s.path = ?1 AND v.envelope IS NOT NULL
+                       AND (?2 IS NULL OR v.version = ?2)
+                     ORDER BY v.version DESC LIMIT 1",
+                )?
+                .query_row(params![path.as_str(), version.map(Version::as_i64)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            row.map(|(v, envelope, created_at_ms)| {
+                let version = u64::try_from(v)
+                    .ok()
+                    .and_then(|v| Version::new(v).ok())
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("{path}: version {v} out of range"))
+                    })?;
+                Ok(StoredVersion {
+                    version,
+                    envelope,
+                    created_at_ms,
+                })
+            })
+            .transpose()
+        }))
+    }
+
+    fn delete(
+        &self,
+        path: SecretPath,
+        version: Option<Version>,
+    ) -> BoxFuture<'_, Result<Vec<Version>, StoreError>> {
+        Box::pin(self.write(move |reply| WriteJob::Delete {
+            path,
+            version,
+            reply,
+        }))
+    }
+
+    fn data_keys(&self) -> BoxFuture<'_, Result<Vec<WrappedKey>, StoreError>> {
+        Box::pin(self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT generation, wrapped FROM data_keys ORDER BY generation")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(WrappedKey {
+                    generation: r.get(0)?,
+                    wrapped: r.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        }))
+    }
+
+    fn add_data_key(&self, key: WrappedKey) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.write(move |reply| WriteJob::AddKey { key, reply }))
+    }
+
+    fn setting<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        let name = name.to_owned();
+        Box::pin(self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT value FROM settings WHERE name = ?1")?
+                    .query_row([name], |r| r.get(0))
+                    .optional()?,
+            )
+        }))
+    }
+
+    fn set_setting(&self, name: &str, value: Vec<u8>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let name = name.to_owned();
+        Box::pin(self.write(move |reply| WriteJob::SetSetting { name, value, reply }))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.read(|c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        }))
+    }
+}
