@@ -100,10 +100,10 @@ impl ServeConfig {
 
     /// Fills the settings that come only from the environment.
     pub fn read_env_only(&mut self) {
-        if let Ok(k) = std::env::var("SECRETD_MASTER_KEY") {
-            if !k.trim().is_empty() {
-                self.master_key = Some(SecretString::new(k));
-            }
+        if let Ok(k) = std::env::var("SECRETD_MASTER_KEY")
+            && !k.trim().is_empty()
+        {
+            self.master_key = Some(SecretString::new(k));
         }
     }
 }

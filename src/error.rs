@@ -125,8 +125,8 @@ impl IntoResponse for Error {
                 version,
                 detail,
             } => tracing::error!(
-                path = path.as_ref().map(SecretPath::as_str),
-                version = version.map(Version::get),
+                path = %path.as_ref().map_or("-", SecretPath::as_str),
+                version = %version.map_or_else(|| "-".to_owned(), |v| v.to_string()),
                 detail = %detail,
                 "stored value failed its integrity check; not served"
             ),

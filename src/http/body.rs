@@ -46,15 +46,12 @@ pub async fn read_json(headers: &HeaderMap, body: Body, max: usize) -> Result<Se
             return Err(Error::UnsupportedMediaType);
         }
     }
-    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
-        if len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .is_some_and(|n| n > max as u64)
-        {
-            return Err(too_large(max));
-        }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large(max));
     }
     let bytes = match Limited::new(body, max).collect().await {
         Ok(c) => c.to_bytes(),

@@ -1,0 +1,405 @@
+//! Test harness: a real server on 127.0.0.1:0 (in-process or as a child
+//! process) and a minimal HTTP/1.1 client.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use secretd::config::{SecretString, ServeConfig};
+use secretd::http::AppState;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+
+pub const KEY: &str = "test-key-0123456789abcdef";
+pub const KEY2: &str = "second-key-0123456789abcdef";
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The error code of a JSON error body, after checking its shape.
+    pub fn error_code(&self) -> String {
+        let j = self.json();
+        assert_eq!(self.header("content-type"), "application/json", "{j}");
+        let e = &j["error"];
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "no message: {j}"
+        );
+        e["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code: {j}"))
+            .to_owned()
+    }
+}
+
+/// Sends one request on a fresh connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
+        .expect("request");
+    let res = sender.send_request(req).await.expect("send");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A client bound to one server and one API key.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub key: String,
+}
+
+impl Client {
+    pub fn auth(&self) -> [(&str, &str); 1] {
+        [("x-api-key", self.key.as_str())]
+    }
+
+    pub async fn get(&self, path: &str, version: Option<&str>) -> Resp {
+        let mut uri = format!("/secrets?path={}", enc(path));
+        if let Some(v) = version {
+            uri.push_str(&format!("&version={}", enc(v)));
+        }
+        send(self.addr, "GET", &uri, &self.auth(), None).await
+    }
+
+    pub async fn get_uri(&self, uri: &str) -> Resp {
+        send(self.addr, "GET", uri, &self.auth(), None).await
+    }
+
+    pub async fn put(&self, path: &str, value: &str) -> Resp {
+        let body = serde_json::json!({ "path": path, "value": value }).to_string();
+        self.json("PUT", &body).await
+    }
+
+    pub async fn delete(&self, path: &str, version: Option<Value>) -> Resp {
+        let mut b = serde_json::json!({ "path": path });
+        if let Some(v) = version {
+            b["version"] = v;
+        }
+        self.json("DELETE", &b.to_string()).await
+    }
+
+    /// A `/secrets` request with a raw JSON body.
+    pub async fn json(&self, method: &str, body: &str) -> Resp {
+        let h = [
+            ("x-api-key", self.key.as_str()),
+            ("content-type", "application/json"),
+        ];
+        send(self.addr, method, "/secrets", &h, Some(body.as_bytes())).await
+    }
+
+    /// PUT, asserting success; returns the version.
+    pub async fn put_ok(&self, path: &str, value: &str) -> u64 {
+        let r = self.put(path, value).await;
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        r.json()["version"].as_u64().expect("version")
+    }
+}
+
+pub fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// An in-process server on a random port and a temp data dir.
+pub struct TestServer {
+    pub client: Client,
+    _dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = ServeConfig::with_data_dir(dir.path().join("data"));
+        cfg.api_keys = vec![
+            SecretString::new(KEY.into()),
+            SecretString::new(KEY2.into()),
+        ];
+        tweak(&mut cfg);
+        let opened = secretd::bootstrap::open(&cfg).await.expect("open");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = AppState {
+            service: opened.service,
+            api_keys: opened.api_keys,
+            max_body_bytes: cfg.max_body_bytes,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(secretd::http::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            client: Client {
+                addr,
+                key: KEY.into(),
+            },
+            _dir: dir,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.client.addr
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Writes raw bytes on a fresh connection and reads until the server closes
+/// it or `timeout` passes. Returns (status, body).
+pub fn raw(addr: SocketAddr, request: &[u8], timeout: Duration) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(timeout)).expect("timeout");
+    // The server may answer (and close) before it has read everything.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `secretd` as a child process, with its output captured.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stdout: Arc<Mutex<String>>,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_secretd")
+}
+
+fn pump(
+    r: impl Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+    tx: Option<std::sync::mpsc::Sender<String>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if let Some(tx) = &tx {
+                let _ = tx.send(line.clone());
+            }
+            let mut s = sink.lock().expect("lock");
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+}
+
+impl Proc {
+    /// Starts `secretd serve` on the data dir; `env` adds variables. Returns
+    /// once the server logged its address.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::try_start(data_dir, env).unwrap_or_else(|e| panic!("secretd did not start: {e}"))
+    }
+
+    /// Like `start`, but returns the captured stderr if the process exits
+    /// before it listens.
+    pub fn try_start(data_dir: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("SECRETD_API_KEYS")
+            .env_remove("SECRETD_MASTER_KEY")
+            .env_remove("SECRETD_MASTER_KEY_FILE")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd)
+    }
+
+    pub fn spawn(mut cmd: Command) -> Result<Self, String> {
+        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        pump(
+            child.stdout.take().expect("stdout"),
+            Arc::clone(&stdout),
+            None,
+        );
+        pump(
+            child.stderr.take().expect("stderr"),
+            Arc::clone(&stderr),
+            Some(tx),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    if let Some(a) = line.split("addr=").nth(1) {
+                        let a = a.split_whitespace().next().unwrap_or("");
+                        if let Ok(addr) = a.parse() {
+                            return Ok(Proc {
+                                child,
+                                addr,
+                                stdout,
+                                stderr,
+                            });
+                        }
+                    }
+                }
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        std::thread::sleep(Duration::from_millis(100));
+                        let err = stderr.lock().expect("lock").clone();
+                        return Err(format!("exited with {status}: {err}"));
+                    }
+                }
+            }
+        }
+        let _ = child.kill();
+        Err("did not log its address within 30 s".into())
+    }
+
+    pub fn client(&self, key: &str) -> Client {
+        Client {
+            addr: self.addr,
+            key: key.into(),
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        None
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in any file under `dir`.
+pub fn dir_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
+    files_under(dir).into_iter().find(|p| {
+        std::fs::read(p)
+            .map(|b| b.windows(needle.len()).any(|w| w == needle))
+            .unwrap_or(false)
+    })
+}

@@ -1,0 +1,9 @@
+//! The integration suite: one binary driving the real server over HTTP on
+//! 127.0.0.1:0 with a temp data dir.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod bad_input;
+mod common;
+mod contract;
+mod process;

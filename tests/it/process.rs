@@ -1,0 +1,517 @@
+//! The real binary as a child process: first run, restarts, kill -9,
+//! file modes, leaks, tampering and refusals at start-up.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const MASTER_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const MASTER_B: &str = "HxwdHh8AAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRo=";
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_run_prints_key_once_and_restarts_keep_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Proc::start(&data, &[]);
+    let out = p.stdout();
+    let key = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sd_"))
+        .unwrap_or_else(|| panic!("no key in banner: {out}"))
+        .to_owned();
+    assert!(
+        out.contains(&format!("curl -X PUT \"http://{}/secrets\"", p.addr)),
+        "{out}"
+    );
+    assert!(out.contains(&format!(
+        "curl \"http://{}/secrets?path=tfy-secret/acme/prod/db-password\"",
+        p.addr
+    )));
+    assert!(out.contains("curl -X DELETE"));
+    assert!(!p.stderr().contains(&key), "key in the logs");
+    assert!(
+        p.stderr().contains("master key"),
+        "no warning about the generated master key"
+    );
+    let c = p.client(&key);
+    assert_eq!(c.put_ok("tfy-secret/acme/prod/db-password", "v1").await, 1);
+    assert_eq!(c.put_ok("tfy-secret/acme/prod/db-password", "v2").await, 2);
+    c.delete(
+        "tfy-secret/acme/prod/db-password",
+        Some(serde_json::json!(2)),
+    )
+    .await;
+    assert_eq!(p.terminate(), Some(0), "SIGTERM exits 0");
+
+    // the generated key is stored only as a hash
+    assert!(dir_contains(&data, key.as_bytes()).is_none());
+
+    let p = Proc::start(&data, &[]);
+    assert!(
+        !p.stdout().contains("sd_"),
+        "banner printed again: {}",
+        p.stdout()
+    );
+    assert!(!p.stderr().contains("generated a new master key"));
+    let c = p.client(&key);
+    let r = c.get("tfy-secret/acme/prod/db-password", None).await;
+    assert_eq!(
+        (r.json()["version"].as_u64(), r.json()["value"].as_str()),
+        (Some(1), Some("v1"))
+    );
+    assert_eq!(
+        c.get("tfy-secret/acme/prod/db-password", Some("2"))
+            .await
+            .status,
+        404
+    );
+    // the version counter survived the restart too
+    assert_eq!(c.put_ok("tfy-secret/acme/prod/db-password", "v3").await, 3);
+    let wrong = p.client("sd_wrong");
+    assert_eq!(
+        wrong
+            .get("tfy-secret/acme/prod/db-password", None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(p.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_keys_replace_the_generated_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Proc::start(&data, &[("SECRETD_API_KEYS", &format!("{KEY},{KEY2}"))]);
+    assert!(
+        !p.stdout().contains("sd_"),
+        "no banner when keys are configured"
+    );
+    p.client(KEY2).put_ok("tfy-secret/k", "v").await;
+    assert!(p.stderr().contains("key_id=static-2"), "{}", p.stderr());
+    assert!(!p.stderr().contains(KEY2));
+    drop(p);
+    // --api-key works as well
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-key",
+        KEY,
+        "--data-dir",
+    ])
+    .arg(&data)
+    .env_remove("SECRETD_API_KEYS");
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let p = Proc::spawn(cmd).expect("start");
+    assert_eq!(p.client(KEY).get("tfy-secret/k", None).await.status, 200);
+    assert_eq!(p.client(KEY2).get("tfy-secret/k", None).await.status, 401);
+}
+
+/// Writers record a version only after reading the full 2xx body; the
+/// server is SIGKILLed mid-load; every acknowledged write must read back.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let env = [("SECRETD_API_KEYS", KEY)];
+    let acked: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
+    let cycles = 3;
+    for cycle in 0..cycles {
+        let p = Proc::start(&data, &env);
+        let c = p.client(KEY);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let (c, acked, stop) = (c.clone(), Arc::clone(&acked), Arc::clone(&stop));
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let path = format!("tfy-secret/crash/p{}", (w * 7 + i) % 12);
+                    let value = format!("c{cycle}-w{w}-i{i}");
+                    let body = serde_json::json!({ "path": path, "value": value }).to_string();
+                    let Some(r) = try_send(c.addr, "PUT", "/secrets", KEY, body).await else {
+                        break;
+                    };
+                    let version = serde_json::from_slice::<serde_json::Value>(&r.1)
+                        .ok()
+                        .and_then(|j| j["version"].as_u64());
+                    if let (200, Some(v)) = (r.0, version) {
+                        acked.lock().expect("lock").push((path, v, value));
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        // let the load run, then kill without warning
+        let start = Instant::now();
+        while acked.lock().expect("lock").len() < (cycle + 1) * 150
+            && start.elapsed() < Duration::from_secs(20)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        p.kill9();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            t.await.expect("task");
+        }
+    }
+    let p = Proc::start(&data, &env);
+    let c = p.client(KEY);
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        acked.len() >= 300,
+        "too few writes acknowledged: {}",
+        acked.len()
+    );
+    for (path, v, value) in &acked {
+        let r = c.get(path, Some(&v.to_string())).await;
+        assert_eq!(r.status, 200, "acknowledged {path} v{v} lost");
+        assert_eq!(
+            r.json()["value"].as_str(),
+            Some(value.as_str()),
+            "{path} v{v}"
+        );
+    }
+    // versions per path are contiguous from 1 to the latest
+    for k in 0..12 {
+        let path = format!("tfy-secret/crash/p{k}");
+        let latest = c.get(&path, None).await.json()["version"]
+            .as_u64()
+            .unwrap_or(0);
+        for v in 1..=latest {
+            assert_eq!(
+                c.get(&path, Some(&v.to_string())).await.status,
+                200,
+                "{path} v{v} missing"
+            );
+        }
+    }
+    eprintln!(
+        "kill -9: {cycles} cycles, {} acknowledged writes, 0 lost",
+        acked.len()
+    );
+}
+
+/// One request that may fail because the server died: `None` then.
+async fn try_send(
+    addr: std::net::SocketAddr,
+    method: &str,
+    uri: &str,
+    key: &str,
+    body: String,
+) -> Option<(u16, Vec<u8>)> {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "x")
+        .header("x-api-key", key)
+        .header("content-type", "application/json")
+        .body(Full::new(hyper::body::Bytes::from(body)))
+        .ok()?;
+    let res = sender.send_request(req).await.ok()?;
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.ok()?.to_bytes().to_vec();
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plaintext_never_reaches_disk_or_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let env = [("SECRETD_API_KEYS", KEY), ("RUST_LOG", "trace")];
+    let p = Proc::start(&data, &env);
+    let c = p.client(KEY);
+    let canary = "canary-7b3f0e51-plaintext";
+    for i in 0..5 {
+        c.put_ok(&format!("tfy-secret/leak/s{i}"), &format!("{canary}-{i}"))
+            .await;
+    }
+    c.put_ok("tfy-secret/leak/big", &canary.repeat(500)).await;
+    for i in 0..5 {
+        assert_eq!(
+            c.get(&format!("tfy-secret/leak/s{i}"), None).await.json()["value"],
+            format!("{canary}-{i}")
+        );
+    }
+    c.delete("tfy-secret/leak/s0", None).await;
+    // malformed requests carrying the canary in wrong-typed fields
+    c.json(
+        "PUT",
+        &format!(r#"{{"path":"tfy-secret/leak/x","value":{{"{canary}":1}}}}"#),
+    )
+    .await;
+    c.json("PUT", &format!(r#"{{"path":"{canary}","value":"x"}}"#))
+        .await;
+    c.get("tfy-secret/leak/x", Some(canary)).await;
+    let stderr = p.stderr();
+    let stdout = p.stdout();
+    assert_eq!(p.terminate(), Some(0));
+    assert!(
+        stderr.contains("request"),
+        "no request logs at trace level?"
+    );
+    for (what, text) in [("stderr", &stderr), ("stdout", &stdout)] {
+        assert!(!text.contains(canary), "value in {what}");
+        assert!(!text.contains(KEY), "API key in {what}");
+    }
+    assert_eq!(
+        dir_contains(&data, canary.as_bytes()),
+        None,
+        "plaintext value in the data dir"
+    );
+    assert_eq!(
+        dir_contains(&data, KEY.as_bytes()),
+        None,
+        "API key in the data dir"
+    );
+    // the master key is in its file only
+    let mk = std::fs::read_to_string(data.join("master.key")).expect("master.key");
+    let hits: Vec<_> = files_under(&data)
+        .into_iter()
+        .filter(|f| {
+            std::fs::read(f)
+                .map(|b| {
+                    b.windows(mk.trim().len())
+                        .any(|w| w == mk.trim().as_bytes())
+                })
+                .unwrap_or(false)
+        })
+        .collect();
+    assert_eq!(hits, vec![data.join("master.key")]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_dir_is_private_even_under_umask_000() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("nested").join("data");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "umask 000; exec \"{}\" serve --listen 127.0.0.1:0 --data-dir \"{}\"",
+            bin(),
+            data.display()
+        ))
+        .env("SECRETD_API_KEYS", KEY)
+        .env_remove("SECRETD_MASTER_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let p = Proc::spawn(cmd).expect("start");
+    p.client(KEY).put_ok("tfy-secret/perm", "v").await;
+    assert_eq!(mode(&data), 0o700);
+    let files = files_under(&data);
+    assert!(files.len() >= 3, "{files:?}");
+    for f in files {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn master_key_sources_and_refusals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Proc::start(
+        &data,
+        &[("SECRETD_API_KEYS", KEY), ("SECRETD_MASTER_KEY", MASTER_A)],
+    );
+    p.client(KEY).put_ok("tfy-secret/mk", "v").await;
+    drop(p);
+    assert!(
+        !data.join("master.key").exists(),
+        "no key file when SECRETD_MASTER_KEY is given"
+    );
+    // a different key refuses to start, naming the problem
+    let e = Proc::try_start(
+        &data,
+        &[("SECRETD_API_KEYS", KEY), ("SECRETD_MASTER_KEY", MASTER_B)],
+    )
+    .err()
+    .expect("must refuse");
+    assert!(e.contains("master key does not open"), "{e}");
+    // no key at all: refuse rather than generate a new one over existing data
+    let e = Proc::try_start(&data, &[("SECRETD_API_KEYS", KEY)])
+        .err()
+        .expect("must refuse");
+    assert!(e.contains("already holds encrypted data"), "{e}");
+    assert!(!data.join("master.key").exists());
+    // malformed keys
+    let e = Proc::try_start(
+        &data,
+        &[
+            ("SECRETD_API_KEYS", KEY),
+            ("SECRETD_MASTER_KEY", "c2hvcnQ="),
+        ],
+    )
+    .err()
+    .expect("must refuse");
+    assert!(e.contains("32-byte base64"), "{e}");
+    // the same key from a file works
+    let kf = dir.path().join("mk.b64");
+    std::fs::write(&kf, format!("{MASTER_A}\n")).expect("write");
+    let kfs = kf.display().to_string();
+    let p = Proc::start(
+        &data,
+        &[("SECRETD_API_KEYS", KEY), ("SECRETD_MASTER_KEY_FILE", &kfs)],
+    );
+    assert_eq!(
+        p.client(KEY).get("tfy-secret/mk", None).await.json()["value"],
+        "v"
+    );
+    drop(p);
+    let missing = dir.path().join("nope").display().to_string();
+    let e = Proc::try_start(
+        &data,
+        &[
+            ("SECRETD_API_KEYS", KEY),
+            ("SECRETD_MASTER_KEY_FILE", &missing),
+        ],
+    )
+    .err()
+    .expect("must refuse");
+    assert!(e.contains("reading"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    drop(Proc::start(&data, &[("SECRETD_API_KEYS", KEY)]));
+    let db = rusqlite::Connection::open(data.join("secretd.db")).expect("open");
+    db.pragma_update(None, "user_version", 99).expect("pragma");
+    drop(db);
+    let e = Proc::try_start(&data, &[("SECRETD_API_KEYS", KEY)])
+        .err()
+        .expect("must refuse");
+    assert!(e.contains("schema version 99 is newer"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampered_rows_are_never_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let env = [("SECRETD_API_KEYS", KEY)];
+    let p = Proc::start(&data, &env);
+    let c = p.client(KEY);
+    c.put_ok("tfy-secret/tamper/a", "value-a").await;
+    c.put_ok("tfy-secret/tamper/b", "value-b").await;
+    c.put_ok("tfy-secret/tamper/v", "v1").await;
+    c.put_ok("tfy-secret/tamper/v", "v2").await;
+    c.put_ok("tfy-secret/tamper/flip", "flip").await;
+    c.put_ok("tfy-secret/tamper/untouched", "fine").await;
+    assert_eq!(p.terminate(), Some(0));
+
+    let db = rusqlite::Connection::open(data.join("secretd.db")).expect("open");
+    let env_of = |path: &str, v: i64| -> Vec<u8> {
+        db.query_row(
+            "SELECT v.envelope FROM versions v JOIN secrets s ON s.id = v.secret_id WHERE s.path = ?1 AND v.version = ?2",
+            rusqlite::params![path, v],
+            |r| r.get(0),
+        )
+        .expect("row")
+    };
+    let set = |path: &str, v: i64, e: &[u8]| {
+        db.execute(
+            "UPDATE versions SET envelope = ?3 WHERE version = ?2 AND secret_id = (SELECT id FROM secrets WHERE path = ?1)",
+            rusqlite::params![path, v, e],
+        )
+        .expect("update");
+    };
+    // swap between paths, copy between versions, flip a bit
+    let (a, b) = (
+        env_of("tfy-secret/tamper/a", 1),
+        env_of("tfy-secret/tamper/b", 1),
+    );
+    set("tfy-secret/tamper/a", 1, &b);
+    set("tfy-secret/tamper/b", 1, &a);
+    let v1 = env_of("tfy-secret/tamper/v", 1);
+    set("tfy-secret/tamper/v", 2, &v1);
+    let mut f = env_of("tfy-secret/tamper/flip", 1);
+    let last = f.len() - 1;
+    f[last] ^= 0x01;
+    set("tfy-secret/tamper/flip", 1, &f);
+    drop(db);
+
+    let p = Proc::start(&data, &env);
+    let c = p.client(KEY);
+    for (path, v) in [
+        ("tfy-secret/tamper/a", None),
+        ("tfy-secret/tamper/b", None),
+        ("tfy-secret/tamper/v", Some("2")),
+        ("tfy-secret/tamper/flip", None),
+    ] {
+        let r = c.get(path, v).await;
+        assert_eq!(r.status, 500, "{path}");
+        assert_eq!(r.error_code(), "corrupt", "{path}");
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(!body.contains("value-"), "{body}");
+    }
+    assert_eq!(
+        c.get("tfy-secret/tamper/v", Some("1")).await.json()["value"],
+        "v1"
+    );
+    assert_eq!(
+        c.get("tfy-secret/tamper/untouched", None).await.json()["value"],
+        "fine"
+    );
+    let logs = p.stderr();
+    assert!(
+        logs.lines().any(|l| l.contains("integrity")
+            && l.contains("path=tfy-secret/tamper/v")
+            && l.contains("version=2")),
+        "{logs}"
+    );
+}
+
+#[test]
+fn cli_path_and_help() {
+    let out = Command::new(bin())
+        .args(["path", "acme:prod:db-password"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tfy-secret/acme/prod/db-password\n"
+    );
+    let out = Command::new(bin())
+        .args(["path", "/tfy-secret/acme/x"])
+        .output()
+        .expect("run");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tfy-secret/acme/x\n");
+    let out = Command::new(bin())
+        .args(["path", "acme::x"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty segment"));
+    let out = Command::new(bin()).arg("--version").output().expect("run");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("secretd "));
+    for sub in [&["--help"][..], &["serve", "--help"], &["path", "--help"]] {
+        let out = Command::new(bin())
+            .args(sub)
+            .env("SECRETD_API_KEYS", "hidden-secret-key")
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{sub:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage"), "{sub:?}");
+        assert!(!text.contains("hidden-secret-key"), "help shows a key");
+    }
+}
