@@ -11,6 +11,7 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -98,6 +99,8 @@ impl Applied {
 
 pub struct SqliteStore {
     writer: mpsc::UnboundedSender<WriteJob>,
+    /// Transactions committed by the writer (each one WAL sync).
+    commits: Arc<AtomicU64>,
     readers: Arc<Mutex<Vec<Connection>>>,
     db_path: PathBuf,
 }
@@ -196,15 +199,23 @@ impl SqliteStore {
         migrate(&mut conn)?;
         restrict_files(db_path)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&commits);
         std::thread::Builder::new()
             .name("secretd-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &counter))
             .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
         Ok(SqliteStore {
             writer: tx,
+            commits,
             readers: Arc::new(Mutex::new(Vec::new())),
             db_path: db_path.to_path_buf(),
         })
+    }
+
+    /// How many write transactions were committed so far.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     async fn write<T: Send + 'static>(
@@ -246,7 +257,11 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteJob>) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::UnboundedReceiver<WriteJob>,
+    commits: &AtomicU64,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -256,11 +271,14 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteJob>) 
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, &mut batch);
+        if run_batch(&mut conn, &mut batch) {
+            commits.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
-fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) {
+/// Applies and commits one batch; true if it committed.
+fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) -> bool {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -268,7 +286,7 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) {
             for job in batch.drain(..) {
                 applied_error(job).answer(&err);
             }
-            return;
+            return false;
         }
     };
     let mut applied = Vec::with_capacity(batch.len());
@@ -279,9 +297,11 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) {
     if let Err(e) = &commit {
         tracing::error!(error = %e, writes = applied.len(), "sqlite commit failed; batch not acknowledged");
     }
+    let ok = commit.is_ok();
     for a in applied {
         a.answer(&commit);
     }
+    ok
 }
 
 fn applied_error(job: WriteJob) -> Applied {
@@ -492,5 +512,99 @@ impl Store for SqliteStore {
             c.query_row("SELECT 1", [], |_| Ok(()))?;
             Ok(())
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::crypto::CryptoError;
+
+    fn path(s: &str) -> SecretPath {
+        SecretPath::parse(s).unwrap()
+    }
+
+    fn plain_sealer(tag: u8) -> Sealer {
+        Box::new(move |v: Version| Ok(vec![tag, v.get() as u8]))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_writes_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        // Hold the writer inside the first write so the others queue up.
+        let slow: Sealer = Box::new(|v: Version| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            Ok(vec![v.get() as u8])
+        });
+        let first = {
+            let s = Arc::clone(&store);
+            tokio::spawn(async move { s.put(path("tfy-secret/g/slow"), slow).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let before = store.commits();
+        let mut tasks = Vec::new();
+        for i in 0..200u8 {
+            let s = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                s.put(path("tfy-secret/g/one"), plain_sealer(i)).await
+            }));
+        }
+        let mut versions = Vec::new();
+        for t in tasks {
+            versions.push(t.await.unwrap().unwrap().get());
+        }
+        first.await.unwrap().unwrap();
+        versions.sort_unstable();
+        assert_eq!(versions, (1..=200).collect::<Vec<_>>());
+        let commits = store.commits() - before;
+        assert!(commits <= 3, "200 queued writes took {commits} commits");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_write_does_not_undo_its_batch_or_burn_a_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let p = path("tfy-secret/f/x");
+        let failing: Sealer = Box::new(|_| Err(CryptoError::Rng));
+        let (a, b, c) = tokio::join!(
+            store.put(p.clone(), plain_sealer(1)),
+            store.put(p.clone(), failing),
+            store.put(p.clone(), plain_sealer(3)),
+        );
+        assert!(b.is_err());
+        let mut got = vec![a.unwrap().get(), c.unwrap().get()];
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            vec![1, 2],
+            "the failed write must not consume a version"
+        );
+        assert_eq!(
+            store.put(p.clone(), plain_sealer(4)).await.unwrap().get(),
+            3
+        );
+    }
+
+    #[test]
+    fn weak_durability_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+            .unwrap();
+        assert!(matches!(
+            check_durability(&conn),
+            Err(StoreError::NotDurable(_))
+        ));
+        conn.execute_batch("PRAGMA synchronous = FULL;").unwrap();
+        assert!(check_durability(&conn).is_ok());
+        conn.execute_batch("PRAGMA synchronous = EXTRA;").unwrap();
+        assert!(check_durability(&conn).is_ok());
+        conn.execute_batch("PRAGMA journal_mode = DELETE;").unwrap();
+        assert!(matches!(
+            check_durability(&conn),
+            Err(StoreError::NotDurable(_))
+        ));
     }
 }

@@ -347,10 +347,22 @@ impl Proc {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM; returns the exit code.
-    pub fn terminate(mut self) -> Option<i32> {
+    /// Sends a signal (e.g. "TERM") without waiting.
+    pub fn signal(&self, sig: &str) {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status();
+    }
+
+    /// SIGTERM; returns the exit code.
+    pub fn terminate(self) -> Option<i32> {
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Waits up to 20 s for the process to exit; its exit code.
+    pub fn wait_exit(mut self) -> Option<i32> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(s)) = self.child.try_wait() {

@@ -479,6 +479,40 @@ async fn tampered_rows_are_never_served() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let env = [("SECRETD_API_KEYS", KEY)];
+    let p = Proc::start(&data, &env);
+    let body = br#"{"path":"tfy-secret/drain/x","value":"in-flight"}"#;
+    let head = format!(
+        "PUT /secrets HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut s = std::net::TcpStream::connect(p.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(head.as_bytes()).expect("write");
+    s.write_all(&body[..10]).expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(&body[10..]).expect("write the rest");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#""version":1"#), "{text}");
+    assert_eq!(p.wait_exit(), Some(0));
+    let p = Proc::start(&data, &env);
+    assert_eq!(
+        p.client(KEY).get("tfy-secret/drain/x", None).await.json()["value"],
+        "in-flight"
+    );
+}
+
 #[test]
 fn cli_path_and_help() {
     let out = Command::new(bin())
