@@ -13,7 +13,7 @@ use serde_json::json;
 use super::AppState;
 use super::body::{SecretQuery, optional_version, read_json, required_string};
 use crate::error::{Error, json_response};
-use crate::path::{PathArg, PathError, ROOT};
+use crate::path::{PathArg, PathError, ROOT, SecretPath};
 
 #[derive(Serialize)]
 struct SecretOut<'a> {
@@ -61,6 +61,15 @@ pub async fn get_secret(
     }
 }
 
+/// The body's `path`, which must name a secret (PUT and DELETE on the root
+/// itself are refused).
+fn secret_path(field: Option<serde_json::Value>) -> Result<SecretPath, Error> {
+    match PathArg::parse(&required_string(field, "path")?)? {
+        PathArg::Secret(path) => Ok(path),
+        PathArg::Root => Err(PathError::IsRoot.into()),
+    }
+}
+
 /// `PUT /secrets {"path","value"}`
 pub async fn put_secret(
     State(s): State<AppState>,
@@ -68,11 +77,8 @@ pub async fn put_secret(
     body: Body,
 ) -> Result<Response, Error> {
     let b = read_json(&headers, body, s.max_body_bytes).await?;
-    let raw_path = required_string(b.path, "path")?;
+    let path = secret_path(b.path)?;
     let value = required_string(b.value, "value")?;
-    let PathArg::Secret(path) = PathArg::parse(&raw_path)? else {
-        return Err(PathError::IsRoot.into());
-    };
     let version = s.service.put(path.clone(), value).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -87,11 +93,8 @@ pub async fn delete_secret(
     body: Body,
 ) -> Result<Response, Error> {
     let b = read_json(&headers, body, s.max_body_bytes).await?;
-    let raw_path = required_string(b.path, "path")?;
+    let path = secret_path(b.path)?;
     let version = optional_version(b.version)?;
-    let PathArg::Secret(path) = PathArg::parse(&raw_path)? else {
-        return Err(PathError::IsRoot.into());
-    };
     let deleted = s.service.delete(path.clone(), version).await?;
     let body = match version {
         Some(v) => {

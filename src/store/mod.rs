@@ -66,6 +66,15 @@ pub fn now_ms() -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A version number read back from the database; out-of-range numbers mean
+/// the row is corrupt.
+pub fn db_version(path: &SecretPath, v: i64) -> Result<Version, StoreError> {
+    u64::try_from(v)
+        .ok()
+        .and_then(|n| Version::new(n).ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("{path}: version {v} out of range")))
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Allocates the next version of `path`, seals the value for it and
     /// stores it durably. Returns the new version.

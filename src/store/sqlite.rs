@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BoxFuture, Sealer, Store, StoreError, StoredVersion, now_ms};
+use super::{BoxFuture, Sealer, Store, StoreError, StoredVersion, db_version, now_ms};
 use crate::crypto::WrappedKey;
 use crate::path::{SecretPath, Version};
 
@@ -375,12 +375,7 @@ fn put_row(c: &Connection, path: &SecretPath, seal: Sealer) -> Result<Version, S
              RETURNING id, last_version",
         )?
         .query_row(params![path.as_str(), now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let version = u64::try_from(last)
-        .ok()
-        .and_then(|v| Version::new(v).ok())
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!("{path}: version counter {last} out of range"))
-        })?;
+    let version = db_version(path, last)?;
     let envelope = seal(version)?;
     c.prepare_cached(
         "INSERT INTO versions (secret_id, version, envelope, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -409,12 +404,7 @@ fn delete_rows(
     let mut out = Vec::new();
     for v in rows {
         let v = v?;
-        out.push(
-            u64::try_from(v)
-                .ok()
-                .and_then(|v| Version::new(v).ok())
-                .ok_or_else(|| StoreError::Corrupt(format!("{path}: version {v} out of range")))?,
-        );
+        out.push(db_version(path, v)?);
     }
     out.sort_unstable();
     Ok(out)
@@ -445,14 +435,8 @@ impl Store for SqliteStore {
                 })
                 .optional()?;
             row.map(|(v, envelope, created_at_ms)| {
-                let version = u64::try_from(v)
-                    .ok()
-                    .and_then(|v| Version::new(v).ok())
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("{path}: version {v} out of range"))
-                    })?;
                 Ok(StoredVersion {
-                    version,
+                    version: db_version(&path, v)?,
                     envelope,
                     created_at_ms,
                 })
