@@ -120,11 +120,24 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
             None => {
                 let k = generate_key()?;
                 let h = KeyHash::of(k.as_bytes());
-                store
-                    .set_setting(GENERATED_KEY_SETTING, h.as_bytes().to_vec())
-                    .await?;
-                keys.push(("generated".into(), h));
-                generated_key = Some(k);
+                if store
+                    .insert_setting(GENERATED_KEY_SETTING, h.as_bytes().to_vec())
+                    .await?
+                {
+                    keys.push(("generated".into(), h));
+                    generated_key = Some(k);
+                } else {
+                    // Another replica generated one at the same moment: use
+                    // its hash; that replica prints the key.
+                    let stored = store.setting(GENERATED_KEY_SETTING).await?;
+                    let h = stored
+                        .as_deref()
+                        .and_then(KeyHash::from_bytes)
+                        .ok_or_else(|| {
+                            StoreError::Corrupt("generated API key hash is malformed".into())
+                        })?;
+                    keys.push(("generated".into(), h));
+                }
             }
         }
     }

@@ -91,8 +91,8 @@ impl MasterKey {
         self.0.as_ref().ct_eq(other.0.as_ref()).into()
     }
 
-    fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new(self.0.as_ref().into())
+    fn cipher(&self) -> Result<XChaCha20Poly1305, CryptoError> {
+        XChaCha20Poly1305::new_from_slice(self.0.as_ref()).map_err(|_| CryptoError::BadMasterKey)
     }
 }
 
@@ -124,6 +124,10 @@ impl fmt::Debug for Keyring {
     }
 }
 
+fn nonce(b: &[u8]) -> Result<XNonce, CryptoError> {
+    XNonce::try_from(b).map_err(|_| CryptoError::Corrupt)
+}
+
 fn wrap_aad(generation: u32) -> Vec<u8> {
     let mut aad = WRAP_AAD_PREFIX.to_vec();
     aad.extend_from_slice(&generation.to_be_bytes());
@@ -150,7 +154,7 @@ fn seal_raw(
     random_bytes(&mut nonce)?;
     let ct = cipher
         .encrypt(
-            XNonce::from_slice(&nonce),
+            &XNonce::from(nonce),
             Payload {
                 msg: plaintext,
                 aad,
@@ -165,7 +169,7 @@ impl Keyring {
     pub fn new_wrapped_key(master: &MasterKey, generation: u32) -> Result<WrappedKey, CryptoError> {
         let mut dk = Zeroizing::new([0u8; KEY_LEN]);
         random_bytes(dk.as_mut())?;
-        let (ct, nonce) = seal_raw(&master.cipher(), &wrap_aad(generation), dk.as_ref())?;
+        let (ct, nonce) = seal_raw(&master.cipher()?, &wrap_aad(generation), dk.as_ref())?;
         let mut wrapped = Vec::with_capacity(NONCE_LEN + ct.len());
         wrapped.extend_from_slice(&nonce);
         wrapped.extend_from_slice(&ct);
@@ -178,20 +182,24 @@ impl Keyring {
     /// Unwraps every stored data key; the highest generation seals new values.
     /// Fails with [`CryptoError::WrongMasterKey`] if any does not open.
     pub fn unwrap_all(master: &MasterKey, keys: &[WrappedKey]) -> Result<Self, CryptoError> {
-        let mc = master.cipher();
+        let mc = master.cipher()?;
         let mut ciphers = HashMap::with_capacity(keys.len());
         let mut active = 0;
         for k in keys {
             if k.wrapped.len() != NONCE_LEN + KEY_LEN + TAG_LEN {
                 return Err(CryptoError::WrongMasterKey(k.generation));
             }
-            let (nonce, ct) = k.wrapped.split_at(NONCE_LEN);
+            let (nonce_b, ct) = k.wrapped.split_at(NONCE_LEN);
             let aad = wrap_aad(k.generation);
             let dk = Zeroizing::new(
-                mc.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+                mc.decrypt(&self::nonce(nonce_b)?, Payload { msg: ct, aad: &aad })
                     .map_err(|_| CryptoError::WrongMasterKey(k.generation))?,
             );
-            ciphers.insert(k.generation, XChaCha20Poly1305::new(dk.as_slice().into()));
+            ciphers.insert(
+                k.generation,
+                XChaCha20Poly1305::new_from_slice(dk.as_slice())
+                    .map_err(|_| CryptoError::WrongMasterKey(k.generation))?,
+            );
             active = active.max(k.generation);
         }
         if ciphers.is_empty() {
@@ -240,11 +248,11 @@ impl Keyring {
         g.copy_from_slice(&envelope[1..5]);
         let generation = u32::from_be_bytes(g);
         let cipher = self.ciphers.get(&generation).ok_or(CryptoError::Corrupt)?;
-        let nonce = XNonce::from_slice(&envelope[5..HEADER_LEN]);
+        let nonce = nonce(&envelope[5..HEADER_LEN])?;
         let aad = value_aad(path, version, generation);
         cipher
             .decrypt(
-                nonce,
+                &nonce,
                 Payload {
                     msg: &envelope[HEADER_LEN..],
                     aad: &aad,

@@ -24,8 +24,10 @@ use crate::path::{SecretPath, Version};
 /// A boxed future, so the trait stays object-safe (`Arc<dyn Store>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Turns the allocated version into the envelope to store.
-pub type Sealer = Box<dyn FnOnce(Version) -> Result<Vec<u8>, CryptoError> + Send>;
+/// Turns the allocated version into the envelope to store. `Fn`, not
+/// `FnOnce`: a backend that retries a transaction (serialization failure)
+/// seals again for the version the retry allocated.
+pub type Sealer = Box<dyn Fn(Version) -> Result<Vec<u8>, CryptoError> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -105,8 +107,10 @@ pub trait Store: Send + Sync + 'static {
     /// A small named setting (e.g. the hash of a generated API key).
     fn setting<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
 
-    /// Stores a setting durably, replacing any previous value.
-    fn set_setting(&self, name: &str, value: Vec<u8>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Stores a setting durably unless it exists; `Ok(false)` if it did
+    /// (another replica got there first).
+    fn insert_setting(&self, name: &str, value: Vec<u8>)
+    -> BoxFuture<'_, Result<bool, StoreError>>;
 
     /// Cheap round trip proving the store answers (for `/readyz`).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -49,10 +49,10 @@ enum WriteJob {
         key: WrappedKey,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
-    SetSetting {
+    InsertSetting {
         name: String,
         value: Vec<u8>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
     },
 }
 
@@ -71,9 +71,9 @@ enum Applied {
         oneshot::Sender<Result<bool, StoreError>>,
         Result<bool, StoreError>,
     ),
-    SetSetting(
-        oneshot::Sender<Result<(), StoreError>>,
-        Result<(), StoreError>,
+    InsertSetting(
+        oneshot::Sender<Result<bool, StoreError>>,
+        Result<bool, StoreError>,
     ),
 }
 
@@ -92,7 +92,7 @@ impl Applied {
             Applied::Put(tx, r) => drop(tx.send(pick(r, commit))),
             Applied::Delete(tx, r) => drop(tx.send(pick(r, commit))),
             Applied::AddKey(tx, r) => drop(tx.send(pick(r, commit))),
-            Applied::SetSetting(tx, r) => drop(tx.send(pick(r, commit))),
+            Applied::InsertSetting(tx, r) => drop(tx.send(pick(r, commit))),
         }
     }
 }
@@ -310,7 +310,7 @@ fn applied_error(job: WriteJob) -> Applied {
         WriteJob::Put { reply, .. } => Applied::Put(reply, Err(e())),
         WriteJob::Delete { reply, .. } => Applied::Delete(reply, Err(e())),
         WriteJob::AddKey { reply, .. } => Applied::AddKey(reply, Err(e())),
-        WriteJob::SetSetting { reply, .. } => Applied::SetSetting(reply, Err(e())),
+        WriteJob::InsertSetting { reply, .. } => Applied::InsertSetting(reply, Err(e())),
     }
 }
 
@@ -352,15 +352,15 @@ fn apply_in_savepoint(tx: &rusqlite::Transaction<'_>, job: WriteJob) -> Applied 
                 Ok(n == 1)
             }),
         ),
-        WriteJob::SetSetting { name, value, reply } => Applied::SetSetting(
+        WriteJob::InsertSetting { name, value, reply } => Applied::InsertSetting(
             reply,
             scoped(tx, |c| {
-                c.execute(
+                let n = c.execute(
                     "INSERT INTO settings (name, value) VALUES (?1, ?2)
-                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                     ON CONFLICT (name) DO NOTHING",
                     params![name, value],
                 )?;
-                Ok(())
+                Ok(n == 1)
             }),
         ),
     }
@@ -486,9 +486,13 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn set_setting(&self, name: &str, value: Vec<u8>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn insert_setting(
+        &self,
+        name: &str,
+        value: Vec<u8>,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
         let name = name.to_owned();
-        Box::pin(self.write(move |reply| WriteJob::SetSetting { name, value, reply }))
+        Box::pin(self.write(move |reply| WriteJob::InsertSetting { name, value, reply }))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
