@@ -10,9 +10,10 @@ use axum::http::HeaderName;
 use zeroize::Zeroizing;
 
 use crate::auth::{ApiKeys, KeyHash, generate_key};
-use crate::config::ServeConfig;
+use crate::config::{SecretString, ServeConfig};
 use crate::crypto::{CryptoError, Keyring, MasterKey};
 use crate::service::{Limits, Service};
+use crate::store::postgres::{PgSettings, PgStore, is_database_url};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -50,6 +51,8 @@ pub struct Opened {
     pub generated_key: Option<Zeroizing<String>>,
     /// Set when a master key file was generated in the data dir on this run.
     pub generated_master_key: Option<PathBuf>,
+    /// Where the store is, printable (a database URL is redacted).
+    pub location: Location,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BootError + '_ {
@@ -61,21 +64,74 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BootError + '_ {
 
 /// Creates the data dir (0700, whatever the umask) if needed.
 pub fn prepare_data_dir(dir: &Path) -> Result<(), BootError> {
+    let existed = dir.exists();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(io_err(dir))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+    if !existed {
+        // Make the new directory's entry durable.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(parent))?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a store lives: an embedded data dir or a PostgreSQL URL.
+#[derive(Debug, Clone)]
+pub enum Location {
+    DataDir(PathBuf),
+    Database(SecretString),
+}
+
+impl Location {
+    /// A `postgres://` / `postgresql://` URL, else a data dir.
+    pub fn parse(s: &str) -> Self {
+        if is_database_url(s) {
+            Location::Database(SecretString::new(s.to_owned()))
+        } else {
+            Location::DataDir(PathBuf::from(s))
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::DataDir(p) => write!(f, "{}", p.display()),
+            // The URL may hold a password: show the scheme only.
+            Location::Database(_) => f.write_str("postgres://<redacted>"),
+        }
+    }
+}
+
+/// Opens (creating if needed) the store at `loc`; no keys involved.
+pub async fn open_store(loc: &Location, pg: &PgSettings) -> Result<Arc<dyn Store>, BootError> {
+    Ok(match loc {
+        Location::DataDir(dir) => {
+            prepare_data_dir(dir)?;
+            Arc::new(SqliteStore::open(&dir.join(DB_FILE))?)
+        }
+        Location::Database(url) => Arc::new(PgStore::connect(url.expose(), pg).await?),
+    })
 }
 
 /// Opens the store and everything around it.
 pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
-    prepare_data_dir(&cfg.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir.join(DB_FILE))?);
+    let loc = match &cfg.database_url {
+        Some(url) => Location::Database(url.clone()),
+        None => Location::DataDir(cfg.data_dir.clone()),
+    };
+    let store = open_store(&loc, &cfg.db.settings()).await?;
 
     let mut stored_keys = store.data_keys().await?;
-    let (master, generated_master_key) = resolve_master_key(cfg, stored_keys.is_empty())?;
+    let (master, generated_master_key) =
+        resolve_master_key(cfg, stored_keys.is_empty(), cfg.database_url.is_none())?;
     if stored_keys.is_empty() {
         let k = Keyring::new_wrapped_key(&master, 1)?;
         store.add_data_key(k).await?;
@@ -97,16 +153,14 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
     for (i, k) in cfg
         .api_keys
         .iter()
-        .filter(|k| !k.expose().is_empty())
+        .map(|k| k.expose().trim())
+        .filter(|k| !k.is_empty())
         .enumerate()
     {
-        if k.expose().len() < 16 {
+        if k.len() < 16 {
             tracing::warn!(key_id = %format!("static-{}", i + 1), "API key is shorter than 16 characters; use a long random key");
         }
-        keys.push((
-            format!("static-{}", i + 1),
-            KeyHash::of(k.expose().as_bytes()),
-        ));
+        keys.push((format!("static-{}", i + 1), KeyHash::of(k.as_bytes())));
     }
     let mut generated_key = None;
     if keys.is_empty() {
@@ -150,6 +204,7 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
         api_keys: Arc::new(ApiKeys::new(keys, headers)),
         generated_key,
         generated_master_key,
+        location: loc,
     })
 }
 
@@ -158,6 +213,7 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
 fn resolve_master_key(
     cfg: &ServeConfig,
     store_is_new: bool,
+    embedded: bool,
 ) -> Result<(MasterKey, Option<PathBuf>), BootError> {
     let bad = |src: &str| BootError::MasterKey(format!("{src} does not hold a 32-byte base64 key"));
     if let Some(k) = &cfg.master_key {
@@ -168,7 +224,14 @@ fn resolve_master_key(
     }
     let (file, explicit) = match &cfg.master_key_file {
         Some(f) => (f.clone(), true),
-        None => (cfg.data_dir.join(MASTER_KEY_FILE), false),
+        None if embedded => (cfg.data_dir.join(MASTER_KEY_FILE), false),
+        None => {
+            return Err(BootError::MasterKey(
+                "with --database-url the master key must be given explicitly \
+                 (SECRETD_MASTER_KEY or --master-key-file), the same on every replica"
+                    .into(),
+            ));
+        }
     };
     match std::fs::read_to_string(&file) {
         Ok(text) => {

@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
-use crate::bootstrap;
-use crate::config::ServeConfig;
+use crate::bootstrap::{self, Location};
+use crate::config::{DbArgs, ServeConfig};
 use crate::http::{self, AppState};
 use crate::path::{PathArg, SecretPath};
 
@@ -32,6 +32,25 @@ pub enum Command {
         /// An FQN such as acme:prod:db-password, or a path such as tfy-secret/acme/prod/db-password.
         name: String,
     },
+    /// Copy every secret, version, tombstone and data key from one store to
+    /// another (e.g. the embedded store into PostgreSQL). Values stay
+    /// encrypted: the same master key opens the copy.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// Source store: a data dir, or a postgres:// URL.
+    #[arg(long, env = "SECRETD_MIGRATE_FROM", hide_env_values = true)]
+    pub from: String,
+    /// Target store: a data dir (created if missing), or a postgres:// URL.
+    #[arg(long, env = "SECRETD_MIGRATE_TO", hide_env_values = true)]
+    pub to: String,
+    /// Overwrite a target that already holds data (everything in it is deleted first).
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -40,8 +59,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.read_env_only();
             serve(cfg).await
         }
+        Command::Migrate(args) => migrate(args).await,
         Command::Path { name } => {
-            let looks_like_path = name.starts_with("tfy-secret") || name.starts_with("/tfy-secret");
+            // A path has slashes (or is the root); an FQN has colons.
+            let looks_like_path = name.contains('/') || name == crate::path::ROOT;
             let path = if looks_like_path {
                 match PathArg::parse(&name)? {
                     PathArg::Root => {
@@ -59,10 +80,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn serve(cfg: ServeConfig) -> anyhow::Result<ExitCode> {
-    let opened = bootstrap::open(&cfg)
+async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
+    // Bind first: if the address is taken, nothing (not even a generated
+    // API key) has been stored yet.
+    let listener = TcpListener::bind(&cfg.listen)
         .await
-        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let opened = bootstrap::open(&cfg).await.context("opening the store")?;
+    // From here on keys exist only as hashes (API keys) or inside the
+    // keyring (master key material is gone).
+    cfg.api_keys.clear();
+    cfg.master_key = None;
+    cfg.database_url = None;
     if let Some(p) = &opened.generated_master_key {
         tracing::warn!(
             file = %p.display(),
@@ -71,21 +101,87 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<ExitCode> {
              without it the secrets cannot be read"
         );
     }
-    let listener = TcpListener::bind(&cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
     if let Some(key) = &opened.generated_key {
         print_banner(addr, key);
     }
-    tracing::info!(addr = %addr, data_dir = %cfg.data_dir.display(), "listening");
+    tracing::info!(addr = %addr, store = %opened.location, "listening");
     let state = AppState {
         service: opened.service,
         api_keys: opened.api_keys,
         max_body_bytes: cfg.max_body_bytes,
     };
-    http::serve(listener, state, shutdown_signal()).await?;
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(true);
+    };
+    let drain_deadline = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(cfg.shutdown_timeout).await;
+    };
+    tokio::select! {
+        r = http::serve(listener, state, shutdown) => r?,
+        () = drain_deadline => {
+            tracing::warn!(timeout = ?cfg.shutdown_timeout, "in-flight requests did not finish in time; exiting");
+        }
+    }
     tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let from = Location::parse(&args.from);
+    let to = Location::parse(&args.to);
+    if let Location::DataDir(d) = &from {
+        anyhow::ensure!(
+            d.join(bootstrap::DB_FILE).exists(),
+            "{} holds no secretd store ({} is missing)",
+            d.display(),
+            bootstrap::DB_FILE
+        );
+    }
+    let settings = args.db.settings();
+    let source = bootstrap::open_store(&from, &settings)
+        .await
+        .with_context(|| format!("opening the source {from}"))?;
+    let target = bootstrap::open_store(&to, &settings)
+        .await
+        .with_context(|| format!("opening the target {to}"))?;
+    let dump = source.export().await.context("reading the source")?;
+    let sum = dump.checksum();
+    let live = dump
+        .versions
+        .iter()
+        .filter(|v| v.envelope.is_some())
+        .count();
+    let (secrets, versions, keys) = (
+        dump.secrets.len(),
+        dump.versions.len(),
+        dump.data_keys.len(),
+    );
+    target
+        .import(dump, args.replace)
+        .await
+        .with_context(|| format!("writing the target {to}"))?;
+    let copied = target.export().await.context("reading the copy back")?;
+    let copied_sum = copied.checksum();
+    anyhow::ensure!(
+        copied.secrets.len() == secrets
+            && copied.versions.len() == versions
+            && copied.data_keys.len() == keys,
+        "verification failed: the target holds {} secrets, {} versions, {} data keys; expected {secrets}, {versions}, {keys}",
+        copied.secrets.len(),
+        copied.versions.len(),
+        copied.data_keys.len()
+    );
+    anyhow::ensure!(
+        copied_sum == sum,
+        "verification failed: checksum {copied_sum} differs from the source's {sum}"
+    );
+    println!(
+        "copied {secrets} secrets, {versions} versions ({live} live, {} deleted), {keys} data keys from {from} to {to}\nverified: counts match, sha256 {sum}",
+        versions - live
+    );
     Ok(ExitCode::SUCCESS)
 }
 

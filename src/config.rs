@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use zeroize::Zeroizing;
 
@@ -74,6 +75,19 @@ pub struct ServeConfig {
     )]
     pub auth_headers: Vec<String>,
 
+    /// PostgreSQL URL (postgres://user:pass@host/db?sslmode=...). When set,
+    /// secrets live there instead of the embedded store, and the master key
+    /// must be given explicitly (every replica needs the same one).
+    #[arg(long, env = "SECRETD_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// After SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "SECRETD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "SECRETD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -81,6 +95,53 @@ pub struct ServeConfig {
     /// Largest accepted secret value, in bytes.
     #[arg(long, env = "SECRETD_MAX_VALUE_BYTES", default_value_t = 64 * 1024)]
     pub max_value_bytes: usize,
+}
+
+/// PostgreSQL pool and timeout settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DbArgs {
+    /// Most database connections per replica.
+    #[arg(long, env = "SECRETD_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+
+    /// Longest wait for a database connection before answering 503 (e.g. 2s, 500ms).
+    #[arg(long, env = "SECRETD_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub db_acquire_timeout: Duration,
+
+    /// Server-side statement timeout (e.g. 5s).
+    #[arg(long, env = "SECRETD_DB_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub db_statement_timeout: Duration,
+
+    /// Extra CA certificates (PEM) trusted for sslmode=verify-full / verify-ca.
+    #[arg(long, env = "SECRETD_DB_CA_FILE")]
+    pub db_ca_file: Option<PathBuf>,
+}
+
+impl Default for DbArgs {
+    fn default() -> Self {
+        let d = crate::store::postgres::PgSettings::default();
+        DbArgs {
+            db_pool_size: d.pool_size,
+            db_acquire_timeout: d.acquire_timeout,
+            db_statement_timeout: d.statement_timeout,
+            db_ca_file: None,
+        }
+    }
+}
+
+impl DbArgs {
+    pub fn settings(&self) -> crate::store::postgres::PgSettings {
+        crate::store::postgres::PgSettings {
+            pool_size: self.db_pool_size,
+            acquire_timeout: self.db_acquire_timeout,
+            statement_timeout: self.db_statement_timeout,
+            ca_file: self.db_ca_file.clone(),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 impl ServeConfig {
@@ -93,6 +154,9 @@ impl ServeConfig {
             master_key: None,
             api_keys: Vec::new(),
             auth_headers: Vec::new(),
+            database_url: None,
+            db: DbArgs::default(),
+            shutdown_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
             max_value_bytes: 64 * 1024,
         }

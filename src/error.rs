@@ -140,7 +140,14 @@ impl IntoResponse for Error {
                 message: self.to_string(),
             },
         };
-        json_response(self.status(), &body)
+        let mut r = json_response(self.status(), &body);
+        if matches!(self, Error::Unauthorized) {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="secretd", Basic realm="secretd""#),
+            );
+        }
+        r
     }
 }
 

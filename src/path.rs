@@ -220,33 +220,17 @@ impl Version {
         Self::new(n)
     }
 
-    /// Reads a version from a JSON value: a number (integral, possibly
-    /// written as `3.0`) or a string read by [`Version::parse`].
-    pub fn from_json(v: &serde_json::Value) -> Result<Self, VersionError> {
-        match v {
-            serde_json::Value::String(s) => Self::parse(s),
-            serde_json::Value::Number(n) => {
-                if let Some(u) = n.as_u64() {
-                    Self::new(u)
-                } else if n.as_i64().is_some() {
-                    Err(VersionError::NotPositive)
-                } else if let Some(f) = n.as_f64() {
-                    if !f.is_finite() || f.fract() != 0.0 {
-                        Err(VersionError::NotAnInteger)
-                    } else if f < 1.0 {
-                        Err(VersionError::NotPositive)
-                    } else if f >= 9_223_372_036_854_775_808.0 {
-                        Err(VersionError::TooLarge)
-                    } else {
-                        // In range and integral: the cast is exact.
-                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                        Self::new(f as u64)
-                    }
-                } else {
-                    Err(VersionError::NotAnInteger)
-                }
-            }
-            _ => Err(VersionError::NotAnInteger),
+    /// Reads a version from the raw JSON text of a body field: a number
+    /// literal or a string, both read by [`Version::parse`] on their literal
+    /// text, so `3.0` and `"3"` name version 3 while `3.9999999999999999`
+    /// and `1e0` are refused instead of being rounded through a float.
+    pub fn from_json_text(raw: &str) -> Result<Self, VersionError> {
+        let raw = raw.trim();
+        if raw.starts_with('"') {
+            let s: String = serde_json::from_str(raw).map_err(|_| VersionError::NotAnInteger)?;
+            Self::parse(&s)
+        } else {
+            Self::parse(raw)
         }
     }
 
@@ -383,16 +367,23 @@ mod tests {
 
     #[test]
     fn json_versions() {
-        let v = |s: &str| Version::from_json(&serde_json::from_str(s).unwrap_or_default());
+        let v = Version::from_json_text;
         assert_eq!(v("2"), Ok(Version(2)));
+        assert_eq!(v(" 2 "), Ok(Version(2)));
         assert_eq!(v("2.0"), Ok(Version(2)));
         assert_eq!(v("\"2\""), Ok(Version(2)));
+        assert_eq!(v("\"2.0\""), Ok(Version(2)));
         assert_eq!(v("0"), Err(VersionError::NotPositive));
         assert_eq!(v("-3"), Err(VersionError::NotPositive));
         assert_eq!(v("2.5"), Err(VersionError::NotAnInteger));
+        assert_eq!(v("3.9999999999999999"), Err(VersionError::NotAnInteger));
+        assert_eq!(v("2.0000000000000001"), Err(VersionError::NotAnInteger));
+        assert_eq!(v("1e0"), Err(VersionError::NotAnInteger));
+        assert_eq!(v("9007199254740993"), Ok(Version(9_007_199_254_740_993)));
         assert_eq!(v("9223372036854775808"), Err(VersionError::TooLarge));
-        assert_eq!(v("1e30"), Err(VersionError::TooLarge));
+        assert_eq!(v("1e30"), Err(VersionError::NotAnInteger));
         assert_eq!(v("true"), Err(VersionError::NotAnInteger));
-        assert_eq!(v("null"), Err(VersionError::NotAnInteger));
+        assert_eq!(v("[1]"), Err(VersionError::NotAnInteger));
+        assert_eq!(v("\"\\u0031\""), Ok(Version(1)));
     }
 }

@@ -85,8 +85,8 @@ impl Service {
     ) -> Result<SecretValue, Error> {
         let Some(row) = self.store.get(path, version).await? else {
             return Err(Error::NotFound(match version {
-                Some(v) => format!("version {v} of {path} does not exist or was deleted"),
-                None => format!("secret {path} does not exist or has no live version"),
+                Some(_) => "this version of the secret does not exist or was deleted".into(),
+                None => "the secret does not exist or has no live version".into(),
             }));
         };
         let corrupt = |detail: &str| Error::Corrupt {
@@ -119,12 +119,12 @@ impl Service {
         version: Option<Version>,
     ) -> Result<Vec<Version>, Error> {
         let message = match version {
-            Some(v) => format!("version {v} of {path} does not exist or was already deleted"),
-            None => format!("secret {path} does not exist or has no live version"),
+            Some(_) => "this version of the secret does not exist or was already deleted",
+            None => "the secret does not exist or has no live version",
         };
         let deleted = self.store.delete(path, version).await?;
         if deleted.is_empty() {
-            return Err(Error::NothingToDelete(message));
+            return Err(Error::NothingToDelete(message.into()));
         }
         Ok(deleted)
     }

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::Error;
@@ -20,7 +21,23 @@ use crate::path::Version;
 pub struct SecretBody {
     pub path: Option<Value>,
     pub value: Option<Value>,
-    pub version: Option<Value>,
+    /// Raw JSON text, so numbers are read from their literal digits.
+    pub version: Option<Box<RawValue>>,
+}
+
+impl Drop for SecretBody {
+    /// Wipes any string not taken out (e.g. the value of a request refused
+    /// for its path).
+    fn drop(&mut self) {
+        for v in [self.path.as_mut(), self.value.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if let Value::String(s) = v {
+                s.zeroize();
+            }
+        }
+    }
 }
 
 fn too_large(max: usize) -> Error {
@@ -123,13 +140,13 @@ pub fn required_string(
     }
 }
 
-/// The optional `version` of a DELETE body: a JSON number or numeric string.
-pub fn optional_version(field: Option<Value>) -> Result<Option<Version>, Error> {
-    field
-        .as_ref()
-        .map(Version::from_json)
-        .transpose()
-        .map_err(Error::from)
+/// The optional `version` of a DELETE body: a JSON number or numeric string
+/// (`null` is the same as absent).
+pub fn optional_version(field: Option<&RawValue>) -> Result<Option<Version>, Error> {
+    match field.map(RawValue::get).map(str::trim) {
+        None | Some("null") => Ok(None),
+        Some(raw) => Ok(Some(Version::from_json_text(raw)?)),
+    }
 }
 
 /// The query of `GET /secrets`.
@@ -146,7 +163,10 @@ impl SecretQuery {
     pub fn parse(raw: Option<&str>) -> Result<Self, Error> {
         let mut path = None;
         let mut version = None;
-        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        // RFC 3986 query: `+` is a literal plus (a valid path character),
+        // not a space as in HTML forms.
+        let raw = raw.unwrap_or("").replace('+', "%2B");
+        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
             let slot = match k.as_ref() {
                 "path" => &mut path,
                 "version" => &mut version,

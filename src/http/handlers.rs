@@ -76,9 +76,9 @@ pub async fn put_secret(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Error> {
-    let b = read_json(&headers, body, s.max_body_bytes).await?;
-    let path = secret_path(b.path)?;
-    let value = required_string(b.value, "value")?;
+    let mut b = read_json(&headers, body, s.max_body_bytes).await?;
+    let path = secret_path(b.path.take())?;
+    let value = required_string(b.value.take(), "value")?;
     let version = s.service.put(path.clone(), value).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -92,9 +92,9 @@ pub async fn delete_secret(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Error> {
-    let b = read_json(&headers, body, s.max_body_bytes).await?;
-    let path = secret_path(b.path)?;
-    let version = optional_version(b.version)?;
+    let mut b = read_json(&headers, body, s.max_body_bytes).await?;
+    let path = secret_path(b.path.take())?;
+    let version = optional_version(b.version.as_deref())?;
     let deleted = s.service.delete(path.clone(), version).await?;
     let body = match version {
         Some(v) => {

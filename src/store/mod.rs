@@ -13,6 +13,7 @@
 //!   never reused, also after deleting one version or all of them;
 //! * deleting a version destroys its envelope and keeps created/deleted times.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
@@ -45,6 +46,9 @@ pub enum StoreError {
     /// A row that breaks the schema's invariants.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// An import into a store that already holds data.
+    #[error("the target store is not empty ({0}); pass --replace to overwrite it")]
+    NotEmpty(String),
     #[error("sealing failed: {0}")]
     Seal(#[from] CryptoError),
     #[error("store error: {0}")]
@@ -75,6 +79,98 @@ pub fn db_version(path: &SecretPath, v: i64) -> Result<Version, StoreError> {
         .ok()
         .and_then(|n| Version::new(n).ok())
         .ok_or_else(|| StoreError::Corrupt(format!("{path}: version {v} out of range")))
+}
+
+/// Every row of a store, as stored: envelopes are copied, never opened.
+/// Used by `secretd migrate`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dump {
+    pub secrets: Vec<SecretRow>,
+    pub versions: Vec<VersionRow>,
+    pub data_keys: Vec<KeyRow>,
+    pub settings: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRow {
+    pub path: String,
+    pub last_version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRow {
+    pub path: String,
+    pub version: i64,
+    /// `None` for a tombstone.
+    pub envelope: Option<Vec<u8>>,
+    pub created_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    pub generation: i64,
+    pub wrapped: Vec<u8>,
+    pub created_at: i64,
+}
+
+impl Dump {
+    /// Puts rows in one canonical order (byte order of paths), whatever the
+    /// backend's collation.
+    pub fn sort(&mut self) {
+        self.secrets
+            .sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        self.versions
+            .sort_by(|a, b| (a.path.as_bytes(), a.version).cmp(&(b.path.as_bytes(), b.version)));
+        self.data_keys.sort_by_key(|k| k.generation);
+        self.settings.sort();
+    }
+
+    /// SHA-256 over every row in canonical order, hex.
+    pub fn checksum(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut d = self.clone();
+        d.sort();
+        let mut h = Sha256::new();
+        let mut field = |b: &[u8]| {
+            h.update((b.len() as u64).to_be_bytes());
+            h.update(b);
+        };
+        for s in &d.secrets {
+            field(b"secret");
+            field(s.path.as_bytes());
+            field(&s.last_version.to_be_bytes());
+            field(&s.created_at.to_be_bytes());
+            field(&s.updated_at.to_be_bytes());
+        }
+        for v in &d.versions {
+            field(b"version");
+            field(v.path.as_bytes());
+            field(&v.version.to_be_bytes());
+            field(v.envelope.as_deref().unwrap_or(b"<tombstone>"));
+            field(&v.created_at.to_be_bytes());
+            field(&v.deleted_at.unwrap_or(-1).to_be_bytes());
+        }
+        for k in &d.data_keys {
+            field(b"data_key");
+            field(&k.generation.to_be_bytes());
+            field(&k.wrapped);
+            field(&k.created_at.to_be_bytes());
+        }
+        for (name, value) in &d.settings {
+            field(b"setting");
+            field(name.as_bytes());
+            field(value);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether the store holds anything a copy would overwrite.
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty() && self.versions.is_empty() && self.data_keys.is_empty()
+    }
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -111,6 +207,14 @@ pub trait Store: Send + Sync + 'static {
     /// (another replica got there first).
     fn insert_setting(&self, name: &str, value: Vec<u8>)
     -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Every row, envelopes as stored (for `secretd migrate`).
+    fn export(&self) -> BoxFuture<'_, Result<Dump, StoreError>>;
+
+    /// Writes `dump` in one transaction. Refuses ([`StoreError::NotEmpty`])
+    /// if the store holds secrets or data keys, unless `replace`, which
+    /// deletes everything first.
+    fn import(&self, dump: Dump, replace: bool) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Cheap round trip proving the store answers (for `/readyz`).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;

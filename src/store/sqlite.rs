@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BoxFuture, Sealer, Store, StoreError, StoredVersion, db_version, now_ms};
+use super::{
+    BoxFuture, Dump, KeyRow, Sealer, SecretRow, Store, StoreError, StoredVersion, VersionRow,
+    db_version, now_ms,
+};
 use crate::crypto::WrappedKey;
 use crate::path::{SecretPath, Version};
 
@@ -54,47 +57,33 @@ enum WriteJob {
         value: Vec<u8>,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    Import {
+        dump: Box<Dump>,
+        replace: bool,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Proves the writer thread is alive (for `/readyz`).
+    Ping {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
-/// Outcome of applying one job inside the batch transaction, answered only
-/// after the commit.
-enum Applied {
-    Put(
-        oneshot::Sender<Result<Version, StoreError>>,
-        Result<Version, StoreError>,
-    ),
-    Delete(
-        oneshot::Sender<Result<Vec<Version>, StoreError>>,
-        Result<Vec<Version>, StoreError>,
-    ),
-    AddKey(
-        oneshot::Sender<Result<bool, StoreError>>,
-        Result<bool, StoreError>,
-    ),
-    InsertSetting(
-        oneshot::Sender<Result<bool, StoreError>>,
-        Result<bool, StoreError>,
-    ),
-}
+/// Answers one caller once the batch's commit outcome is known: if the
+/// commit failed, every write in the batch failed with it.
+type Answer = Box<dyn FnOnce(&Result<(), String>) + Send>;
 
-impl Applied {
-    /// Answers the caller; if the commit failed, every write in the batch
-    /// failed with it.
-    fn answer(self, commit: &Result<(), String>) {
-        fn pick<T>(r: Result<T, StoreError>, commit: &Result<(), String>) -> Result<T, StoreError> {
-            match commit {
-                Ok(()) => r,
-                Err(e) => Err(StoreError::Backend(format!("commit failed: {e}"))),
-            }
-        }
+fn answer<T: Send + 'static>(
+    reply: oneshot::Sender<Result<T, StoreError>>,
+    result: Result<T, StoreError>,
+) -> Answer {
+    Box::new(move |commit| {
+        let r = match commit {
+            Ok(()) => result,
+            Err(e) => Err(StoreError::Backend(format!("commit failed: {e}"))),
+        };
         // A caller that went away (client disconnected) is not an error.
-        match self {
-            Applied::Put(tx, r) => drop(tx.send(pick(r, commit))),
-            Applied::Delete(tx, r) => drop(tx.send(pick(r, commit))),
-            Applied::AddKey(tx, r) => drop(tx.send(pick(r, commit))),
-            Applied::InsertSetting(tx, r) => drop(tx.send(pick(r, commit))),
-        }
-    }
+        let _ = reply.send(r);
+    })
 }
 
 pub struct SqliteStore {
@@ -195,6 +184,13 @@ impl SqliteStore {
             .mode(0o600)
             .open(db_path)
             .map_err(|e| StoreError::Backend(format!("open {}: {e}", db_path.display())))?;
+        // Make the new file's directory entry durable before acknowledging
+        // anything stored in it.
+        if let Some(dir) = db_path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::Backend(format!("sync {}: {e}", dir.display())))?;
+        }
         let mut conn = open_connection(db_path)?;
         migrate(&mut conn)?;
         restrict_files(db_path)?;
@@ -279,43 +275,58 @@ fn writer_loop(
 
 /// Applies and commits one batch; true if it committed.
 fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) -> bool {
+    let has_delete = batch
+        .iter()
+        .any(|j| matches!(j, WriteJob::Delete { .. } | WriteJob::Import { .. }));
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             let err = Err(e.to_string());
             for job in batch.drain(..) {
-                applied_error(job).answer(&err);
+                applied_error(job)(&err);
             }
             return false;
         }
     };
-    let mut applied = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
-        applied.push(apply_in_savepoint(&tx, job));
+        answers.push(apply_in_savepoint(&tx, job));
     }
     let commit = tx.commit().map_err(|e| e.to_string());
     if let Err(e) = &commit {
-        tracing::error!(error = %e, writes = applied.len(), "sqlite commit failed; batch not acknowledged");
+        tracing::error!(error = %e, writes = answers.len(), "sqlite commit failed; batch not acknowledged");
+    }
+    if has_delete && commit.is_ok() {
+        // Deleted envelopes still sit in older WAL frames: copy the WAL
+        // into the database (where secure_delete zeroed them) and truncate
+        // it before acknowledging the delete.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            tracing::warn!(error = %e, "WAL checkpoint after delete failed");
+        }
     }
     let ok = commit.is_ok();
-    for a in applied {
-        a.answer(&commit);
+    for a in answers {
+        a(&commit);
     }
     ok
 }
 
-fn applied_error(job: WriteJob) -> Applied {
+fn applied_error(job: WriteJob) -> Answer {
     let e = || StoreError::Backend("could not begin transaction".into());
     match job {
-        WriteJob::Put { reply, .. } => Applied::Put(reply, Err(e())),
-        WriteJob::Delete { reply, .. } => Applied::Delete(reply, Err(e())),
-        WriteJob::AddKey { reply, .. } => Applied::AddKey(reply, Err(e())),
-        WriteJob::InsertSetting { reply, .. } => Applied::InsertSetting(reply, Err(e())),
+        WriteJob::Put { reply, .. } => answer(reply, Err(e())),
+        WriteJob::Delete { reply, .. } => answer(reply, Err(e())),
+        WriteJob::AddKey { reply, .. } => answer(reply, Err(e())),
+        WriteJob::InsertSetting { reply, .. } => answer(reply, Err(e())),
+        WriteJob::Import { reply, .. } => answer(reply, Err(e())),
+        WriteJob::Ping { reply } => answer(reply, Err(e())),
     }
 }
 
 /// Runs one job in its own savepoint: on error only that job is undone.
-fn apply_in_savepoint(tx: &rusqlite::Transaction<'_>, job: WriteJob) -> Applied {
+fn apply_in_savepoint(tx: &rusqlite::Transaction<'_>, job: WriteJob) -> Answer {
     fn scoped<T>(
         tx: &rusqlite::Transaction<'_>,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
@@ -334,14 +345,14 @@ fn apply_in_savepoint(tx: &rusqlite::Transaction<'_>, job: WriteJob) -> Applied 
     }
     match job {
         WriteJob::Put { path, seal, reply } => {
-            Applied::Put(reply, scoped(tx, |c| put_row(c, &path, seal)))
+            answer(reply, scoped(tx, |c| put_row(c, &path, seal)))
         }
         WriteJob::Delete {
             path,
             version,
             reply,
-        } => Applied::Delete(reply, scoped(tx, |c| delete_rows(c, &path, version))),
-        WriteJob::AddKey { key, reply } => Applied::AddKey(
+        } => answer(reply, scoped(tx, |c| delete_rows(c, &path, version))),
+        WriteJob::AddKey { key, reply } => answer(
             reply,
             scoped(tx, |c| {
                 let n = c.execute(
@@ -352,7 +363,13 @@ fn apply_in_savepoint(tx: &rusqlite::Transaction<'_>, job: WriteJob) -> Applied 
                 Ok(n == 1)
             }),
         ),
-        WriteJob::InsertSetting { name, value, reply } => Applied::InsertSetting(
+        WriteJob::Import {
+            dump,
+            replace,
+            reply,
+        } => answer(reply, scoped(tx, |c| import_rows(c, &dump, replace))),
+        WriteJob::Ping { reply } => answer(reply, Ok(())),
+        WriteJob::InsertSetting { name, value, reply } => answer(
             reply,
             scoped(tx, |c| {
                 let n = c.execute(
@@ -364,6 +381,106 @@ fn apply_in_savepoint(tx: &rusqlite::Transaction<'_>, job: WriteJob) -> Applied 
             }),
         ),
     }
+}
+
+fn import_rows(c: &Connection, dump: &Dump, replace: bool) -> Result<(), StoreError> {
+    let count = |table: &str| -> Result<i64, StoreError> {
+        Ok(c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?)
+    };
+    let (secrets, keys) = (count("secrets")?, count("data_keys")?);
+    if secrets + keys > 0 {
+        if !replace {
+            return Err(StoreError::NotEmpty(format!(
+                "{secrets} secrets, {keys} data keys"
+            )));
+        }
+        c.execute_batch("DELETE FROM versions; DELETE FROM secrets; DELETE FROM data_keys; DELETE FROM settings;")?;
+    }
+    let mut ids = std::collections::HashMap::with_capacity(dump.secrets.len());
+    let mut ins = c.prepare_cached(
+        "INSERT INTO secrets (path, last_version, created_at, updated_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+    )?;
+    for s in &dump.secrets {
+        let id: i64 = ins.query_row(
+            params![s.path, s.last_version, s.created_at, s.updated_at],
+            |r| r.get(0),
+        )?;
+        ids.insert(s.path.as_str(), id);
+    }
+    let mut ins = c.prepare_cached(
+        "INSERT INTO versions (secret_id, version, envelope, created_at, deleted_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for v in &dump.versions {
+        let id = ids.get(v.path.as_str()).ok_or_else(|| {
+            StoreError::Corrupt(format!("version row for unknown path {}", v.path))
+        })?;
+        ins.execute(params![
+            id,
+            v.version,
+            v.envelope,
+            v.created_at,
+            v.deleted_at
+        ])?;
+    }
+    for k in &dump.data_keys {
+        c.execute(
+            "INSERT INTO data_keys (generation, wrapped, created_at) VALUES (?1, ?2, ?3)",
+            params![k.generation, k.wrapped, k.created_at],
+        )?;
+    }
+    for (name, value) in &dump.settings {
+        c.execute(
+            "INSERT INTO settings (name, value) VALUES (?1, ?2)",
+            params![name, value],
+        )?;
+    }
+    Ok(())
+}
+
+fn export_rows(c: &Connection) -> Result<Dump, StoreError> {
+    let mut d = Dump::default();
+    let mut st = c.prepare("SELECT path, last_version, created_at, updated_at FROM secrets")?;
+    for r in st.query_map([], |r| {
+        Ok(SecretRow {
+            path: r.get(0)?,
+            last_version: r.get(1)?,
+            created_at: r.get(2)?,
+            updated_at: r.get(3)?,
+        })
+    })? {
+        d.secrets.push(r?);
+    }
+    let mut st = c.prepare(
+        "SELECT s.path, v.version, v.envelope, v.created_at, v.deleted_at
+         FROM versions v JOIN secrets s ON s.id = v.secret_id",
+    )?;
+    for r in st.query_map([], |r| {
+        Ok(VersionRow {
+            path: r.get(0)?,
+            version: r.get(1)?,
+            envelope: r.get(2)?,
+            created_at: r.get(3)?,
+            deleted_at: r.get(4)?,
+        })
+    })? {
+        d.versions.push(r?);
+    }
+    let mut st = c.prepare("SELECT generation, wrapped, created_at FROM data_keys")?;
+    for r in st.query_map([], |r| {
+        Ok(KeyRow {
+            generation: r.get(0)?,
+            wrapped: r.get(1)?,
+            created_at: r.get(2)?,
+        })
+    })? {
+        d.data_keys.push(r?);
+    }
+    let mut st = c.prepare("SELECT name, value FROM settings")?;
+    for r in st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
+        d.settings.push(r?);
+    }
+    d.sort();
+    Ok(d)
 }
 
 fn put_row(c: &Connection, path: &SecretPath, seal: Sealer) -> Result<Version, StoreError> {
@@ -495,11 +612,28 @@ impl Store for SqliteStore {
         Box::pin(self.write(move |reply| WriteJob::InsertSetting { name, value, reply }))
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.read(|c| {
-            c.query_row("SELECT 1", [], |_| Ok(()))?;
-            Ok(())
+    fn export(&self) -> BoxFuture<'_, Result<Dump, StoreError>> {
+        Box::pin(self.read(export_rows))
+    }
+
+    fn import(&self, dump: Dump, replace: bool) -> BoxFuture<'_, Result<(), StoreError>> {
+        let dump = Box::new(dump);
+        Box::pin(self.write(move |reply| WriteJob::Import {
+            dump,
+            replace,
+            reply,
         }))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.read(|c| {
+                c.query_row("SELECT 1", [], |_| Ok(()))?;
+                Ok(())
+            })
+            .await?;
+            self.write(|reply| WriteJob::Ping { reply }).await
+        })
     }
 }
 

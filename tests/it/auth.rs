@@ -72,6 +72,7 @@ async fn auth_matrix() {
             let r = send(a, m, uri, h, body).await;
             assert_eq!(r.status, 401, "{m} {h:?}");
             assert_eq!(r.error_code(), "unauthorized");
+            assert!(r.header("www-authenticate").contains("Bearer"), "{m} {h:?}");
             bodies.push(r.body);
         }
     }

@@ -195,8 +195,38 @@ async fn bad_versions_in_delete() {
         assert_eq!(r.status, 400, "version={v}");
         assert_eq!(r.error_code(), "invalid_version", "version={v}");
     }
-    // still there
-    assert_eq!(c.get("tfy-secret/v", Some("1")).await.status, 200);
+    // number literals are read from their digits, never rounded via a float
+    for _ in 0..3 {
+        c.put_ok("tfy-secret/v", "x").await;
+    }
+    for lit in [
+        "3.9999999999999999",
+        "2.0000000000000001",
+        "1e0",
+        "4E0",
+        "0.4e1",
+        "-0",
+    ] {
+        let r = c
+            .json(
+                "DELETE",
+                &format!(r#"{{"path":"tfy-secret/v","version":{lit}}}"#),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (400, "invalid_version"),
+            "version={lit}"
+        );
+    }
+    // still there, all four
+    for v in 1..=4 {
+        assert_eq!(
+            c.get("tfy-secret/v", Some(&v.to_string())).await.status,
+            200,
+            "v{v}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -154,8 +154,11 @@ impl Client {
     }
 }
 
+/// Percent-encodes a query value (RFC 3986: a space is %20, `+` is %2B).
 pub fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 /// An in-process server on a random port and a temp data dir.
@@ -380,6 +383,18 @@ impl Proc {
 
     pub fn stdout(&self) -> String {
         self.stdout.lock().expect("lock").clone()
+    }
+
+    /// Waits (up to 10 s) until stdout contains `needle`; returns stdout.
+    pub fn wait_stdout(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.stdout();
+            if out.contains(needle) || Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

@@ -191,6 +191,15 @@ async fn leading_slash_names_the_same_secret() {
     // percent-encoded slashes in the query decode to the same path
     let r = c.get_uri("/secrets?path=tfy-secret%2Fexample%2Fkey1").await;
     assert_eq!(r.json()["value"], "two");
+    // `+` in a query is a literal plus (RFC 3986), as in the path itself
+    c.put_ok("tfy-secret/example/a+b", "plus").await;
+    for uri in [
+        "/secrets?path=tfy-secret/example/a+b",
+        "/secrets?path=tfy-secret/example/a%2Bb",
+    ] {
+        let r = c.get_uri(uri).await;
+        assert_eq!(r.json()["value"], "plus", "{uri}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -249,18 +258,53 @@ async fn size_limits() {
     let (status, body) = raw(s.addr(), head.as_bytes(), std::time::Duration::from_secs(5));
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("body_too_large"), "{body}");
-    // chunked body over the limit
-    let chunk = "x".repeat(64 * 1024);
-    let mut req = format!(
-        "PUT /secrets HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    );
-    for _ in 0..20 {
-        req.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
-    }
-    req.push_str("0\r\n\r\n");
-    let (status, body) = raw(s.addr(), req.as_bytes(), std::time::Duration::from_secs(5));
+    // an endless chunked body: answered 413 while the client is still
+    // sending, long before 40 MiB went over the wire
+    let (status, body, sent) = endless_chunked_put(s.addr());
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("body_too_large"), "{body}");
+    assert!(
+        sent < 16 * 1024 * 1024,
+        "server read {sent} bytes before answering"
+    );
+}
+
+/// Streams a chunked PUT body of up to 40 MiB from another thread while
+/// reading the response. Returns (status, body, bytes sent before the
+/// response arrived).
+fn endless_chunked_put(addr: std::net::SocketAddr) -> (u16, String, usize) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let head = format!(
+        "PUT /secrets HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    let sent = std::sync::Arc::new(AtomicUsize::new(0));
+    let (mut w, counter) = (s.try_clone().expect("clone"), std::sync::Arc::clone(&sent));
+    let writer = std::thread::spawn(move || {
+        let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+        for _ in 0..640 {
+            if w.write_all(chunk.as_bytes()).is_err() {
+                return;
+            }
+            counter.fetch_add(chunk.len(), Ordering::Relaxed);
+        }
+    });
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let at_response = sent.load(Ordering::Relaxed);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text, at_response)
 }
 
 #[tokio::test(flavor = "multi_thread")]

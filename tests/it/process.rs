@@ -20,7 +20,7 @@ async fn first_run_prints_key_once_and_restarts_keep_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let p = Proc::start(&data, &[]);
-    let out = p.stdout();
+    let out = p.wait_stdout("=====\n\n");
     let key = out
         .lines()
         .map(str::trim)
@@ -87,10 +87,78 @@ async fn first_run_prints_key_once_and_restarts_keep_everything() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_failed_first_start_does_not_swallow_the_generated_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").to_string();
+    let out = Command::new(bin())
+        .args(["serve", "--listen", &port, "--data-dir"])
+        .arg(&data)
+        .env_remove("SECRETD_API_KEYS")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("binding"));
+    drop(busy);
+    let p = Proc::start(&data, &[]);
+    let key = p
+        .wait_stdout("=====\n\n")
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sd_"))
+        .map(str::to_owned);
+    let key = key.unwrap_or_else(|| panic!("no banner after the failed start: {}", p.stdout()));
+    assert_eq!(p.client(&key).put_ok("tfy-secret/k", "v").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleted_ciphertext_leaves_the_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Proc::start(&data, &[("SECRETD_API_KEYS", KEY)]);
+    let c = p.client(KEY);
+    for i in 0..3 {
+        c.put_ok("tfy-secret/gone/a", &format!("first-{i}")).await;
+        c.put_ok("tfy-secret/gone/b", &"y".repeat(10_000)).await;
+    }
+    let db = rusqlite::Connection::open(data.join("secretd.db")).expect("open");
+    let envelopes: Vec<Vec<u8>> = db
+        .prepare("SELECT envelope FROM versions v JOIN secrets s ON s.id = v.secret_id WHERE s.path = 'tfy-secret/gone/a' OR (s.path = 'tfy-secret/gone/b' AND v.version = 2)")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    drop(db);
+    assert_eq!(envelopes.len(), 4);
+    assert_eq!(c.delete("tfy-secret/gone/a", None).await.status, 200);
+    assert_eq!(
+        c.delete("tfy-secret/gone/b", Some(serde_json::json!(2)))
+            .await
+            .status,
+        200
+    );
+    for e in &envelopes {
+        // the tail of each envelope (ciphertext + tag) is unique to it
+        let needle = &e[e.len() - 32..];
+        assert_eq!(
+            dir_contains(&data, needle),
+            None,
+            "a deleted envelope is still on disk"
+        );
+    }
+    // what was not deleted still reads
+    assert_eq!(c.get("tfy-secret/gone/b", Some("3")).await.status, 200);
+    assert_eq!(c.get("tfy-secret/gone/b", Some("2")).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn configured_keys_replace_the_generated_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let p = Proc::start(&data, &[("SECRETD_API_KEYS", &format!("{KEY},{KEY2}"))]);
+    // keys are trimmed: "a, b" works
+    let p = Proc::start(&data, &[("SECRETD_API_KEYS", &format!("{KEY}, {KEY2}"))]);
     assert!(
         !p.stdout().contains("sd_"),
         "no banner when keys are configured"

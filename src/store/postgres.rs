@@ -1,0 +1,764 @@
+//! The PostgreSQL store: many stateless replicas on one database.
+//!
+//! * Versions are allocated by `INSERT ... ON CONFLICT (path) DO UPDATE SET
+//!   last_version = last_version + 1 RETURNING` inside the write
+//!   transaction: the row lock serialises writers of one path across
+//!   replicas, so versions are distinct and contiguous, and a rolled-back
+//!   write gives its number back.
+//! * Serialization failures and deadlocks (SQLSTATE 40001, 40P01) are
+//!   retried, re-sealing for the version the retry allocates.
+//! * Every session runs with `synchronous_commit = on` (a 2xx means the
+//!   commit reached the WAL on disk) and a `statement_timeout`; every
+//!   operation also has a client-side deadline, so a dead network answers
+//!   503 instead of hanging.
+//! * Connection loss, pool exhaustion and timeouts are
+//!   [`StoreError::Unavailable`] (HTTP 503); the pool drops closed
+//!   connections and reconnects by itself when the database is back.
+//!
+//! Postgres-specific: `pg_advisory_xact_lock` serialises migrations started by
+//! several replicas at once, and `BIGSERIAL` ids. Everything else is portable
+//! SQL.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+
+use super::{
+    BoxFuture, Dump, KeyRow, Sealer, SecretRow, Store, StoreError, StoredVersion, VersionRow,
+    db_version, now_ms,
+};
+use crate::crypto::WrappedKey;
+use crate::path::{SecretPath, Version};
+
+/// Migrations, in order; `secretd_schema` records which ran.
+/// Never edit one that has shipped: add a new file.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+
+/// Key of the advisory lock held while migrating.
+const MIGRATION_LOCK: i64 = 0x5ec7_e7d0_0001;
+
+/// How often a transaction that hit a serialization failure is retried.
+const MAX_RETRIES: u32 = 8;
+
+/// Pool and timeout settings.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// Most connections per replica.
+    pub pool_size: usize,
+    /// Longest wait for a free connection (or a new one) before 503.
+    pub acquire_timeout: Duration,
+    /// Server-side `statement_timeout`.
+    pub statement_timeout: Duration,
+    /// Extra CA certificates (PEM) for `sslmode=verify-full`/`verify-ca`.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            pool_size: 16,
+            acquire_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(5),
+            ca_file: None,
+        }
+    }
+}
+
+pub struct PgStore {
+    pool: Pool,
+    /// Client-side deadline for one whole operation.
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+/// Whether an error means "the database is not reachable right now".
+fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        None => true, // I/O, TLS or protocol error on the connection
+        Some(c) => {
+            let s = c.code();
+            s.starts_with("08") // connection exception
+                || s.starts_with("57P") // admin/crash shutdown, cannot connect now
+                || *c == SqlState::QUERY_CANCELED // statement_timeout
+                || *c == SqlState::TOO_MANY_CONNECTIONS
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+        }
+    }
+}
+
+fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
+}
+
+fn map_pg(e: tokio_postgres::Error) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(format!("database: {e}"))
+    } else {
+        StoreError::Backend(format!("database: {e}"))
+    }
+}
+
+fn map_pool(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Timeout(_) => {
+            StoreError::Unavailable("timed out waiting for a database connection".into())
+        }
+        PoolError::Backend(e) => map_pg(e),
+        other => StoreError::Unavailable(format!("database pool: {other}")),
+    }
+}
+
+/// A transaction attempt's failure: retry it, or give up with this error.
+enum TxError {
+    Retry(tokio_postgres::Error),
+    Fail(StoreError),
+}
+
+impl From<tokio_postgres::Error> for TxError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if is_retryable(&e) {
+            TxError::Retry(e)
+        } else {
+            TxError::Fail(map_pg(e))
+        }
+    }
+}
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> Self {
+        TxError::Fail(e)
+    }
+}
+
+impl From<crate::crypto::CryptoError> for TxError {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        TxError::Fail(StoreError::Seal(e))
+    }
+}
+
+/// TLS for the database connection, following the URL's `sslmode`:
+/// `disable` none; `prefer` / `require` encrypt without verifying the server
+/// certificate (libpq's meaning); `verify-ca` / `verify-full` verify the
+/// certificate chain and host name against the Mozilla roots and `ca_file`.
+fn tls_config(verify: bool, ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Backend(format!("TLS setup: {e}")))?;
+    if !verify {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoCertVerification(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(f) = ca_file {
+        for cert in CertificateDer::pem_file_iter(f)
+            .map_err(|e| StoreError::Backend(format!("reading {}: {e}", f.display())))?
+        {
+            let cert =
+                cert.map_err(|e| StoreError::Backend(format!("reading {}: {e}", f.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| StoreError::Backend(format!("CA in {}: {e}", f.display())))?;
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// `sslmode=require` semantics: the channel is encrypted and the server
+/// proves possession of its key, but its certificate is not checked against
+/// a CA (use `verify-full` for that).
+#[derive(Debug)]
+struct NoCertVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoCertVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Whether `s` names a PostgreSQL database rather than a data dir.
+pub fn is_database_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+impl PgStore {
+    /// Connects, checks the database answers, and runs migrations (under an
+    /// advisory lock, so replicas starting together do not race).
+    pub async fn connect(url: &str, settings: &PgSettings) -> Result<Self, StoreError> {
+        // tokio-postgres knows disable/prefer/require; verify-* means
+        // "require, and verify the certificate".
+        let verify = url.contains("sslmode=verify-full") || url.contains("sslmode=verify-ca");
+        let url = url
+            .replace("sslmode=verify-full", "sslmode=require")
+            .replace("sslmode=verify-ca", "sslmode=require");
+        let mut cfg = tokio_postgres::Config::from_str(&url)
+            .map_err(|e| StoreError::Backend(format!("invalid database URL: {e}")))?;
+        let mut options = cfg.get_options().unwrap_or("").to_owned();
+        options.push_str(&format!(
+            " -c synchronous_commit=on -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            settings.statement_timeout.as_millis(),
+            (settings.statement_timeout * 2).as_millis()
+        ));
+        cfg.options(options.trim().to_owned());
+        cfg.application_name("secretd");
+        cfg.connect_timeout(settings.acquire_timeout);
+        cfg.keepalives(true);
+        cfg.keepalives_idle(Duration::from_secs(30));
+        cfg.tcp_user_timeout(settings.statement_timeout + settings.acquire_timeout);
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(
+            verify,
+            settings.ca_file.as_ref(),
+        )?);
+        let mgr = Manager::from_config(
+            cfg,
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(settings.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(settings.acquire_timeout))
+            .create_timeout(Some(settings.acquire_timeout))
+            .recycle_timeout(Some(settings.acquire_timeout))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("database pool: {e}")))?;
+        let store = PgStore {
+            pool,
+            op_timeout: settings.statement_timeout + settings.acquire_timeout,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(map_pool)?;
+        let tx = client.transaction().await.map_err(map_pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(map_pg)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS secretd_schema (
+                 version    BIGINT PRIMARY KEY,
+                 applied_at BIGINT NOT NULL
+             )",
+        )
+        .await
+        .map_err(map_pg)?;
+        let found: i64 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM secretd_schema", &[])
+            .await
+            .map_err(map_pg)?
+            .get(0);
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::SchemaTooNew { found, known });
+        }
+        for (i, sql) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(found).unwrap_or(0))
+        {
+            tx.batch_execute(sql).await.map_err(map_pg)?;
+            tx.execute(
+                "INSERT INTO secretd_schema (version, applied_at) VALUES ($1, $2)",
+                &[&(i as i64 + 1), &now_ms()],
+            )
+            .await
+            .map_err(map_pg)?;
+        }
+        tx.commit().await.map_err(map_pg)
+    }
+
+    /// Runs `op` under the client-side deadline.
+    async fn deadline<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.op_timeout, op)
+            .await
+            .map_err(|_| StoreError::Unavailable("database did not answer in time".into()))?
+    }
+
+    /// Runs one write in its own transaction, retrying serialization
+    /// failures and deadlocks.
+    async fn write(&self, op: WriteOp<'_>) -> Result<WriteOut, StoreError> {
+        self.deadline(async {
+            let mut tries = 0;
+            loop {
+                let mut client = self.pool.get().await.map_err(map_pool)?;
+                let tx = client.transaction().await.map_err(map_pg)?;
+                let outcome = match apply(&tx, &op).await {
+                    Ok(v) => tx.commit().await.map(|()| v).map_err(TxError::from),
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(v) => return Ok(v),
+                    Err(TxError::Retry(e)) if tries < MAX_RETRIES => {
+                        tries += 1;
+                        tracing::debug!(error = %e, tries, "retrying transaction");
+                        tokio::time::sleep(Duration::from_millis(2u64 << tries.min(6))).await;
+                    }
+                    Err(TxError::Retry(e)) => return Err(map_pg(e)),
+                    Err(TxError::Fail(e)) => return Err(e),
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// One write, applied inside a transaction by [`apply`].
+enum WriteOp<'a> {
+    Put {
+        path: &'a SecretPath,
+        seal: &'a Sealer,
+    },
+    Delete {
+        path: &'a SecretPath,
+        version: Option<Version>,
+    },
+    AddKey(&'a WrappedKey),
+    InsertSetting {
+        name: &'a str,
+        value: &'a [u8],
+    },
+}
+
+enum WriteOut {
+    Version(Version),
+    Versions(Vec<Version>),
+    Inserted(bool),
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Backend("write returned an unexpected outcome".into())
+}
+
+async fn apply(
+    tx: &deadpool_postgres::Transaction<'_>,
+    op: &WriteOp<'_>,
+) -> Result<WriteOut, TxError> {
+    match *op {
+        WriteOp::Put { path, seal } => {
+            let now = now_ms();
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO secrets (path, last_version, created_at, updated_at) VALUES ($1, 1, $2, $2)
+                     ON CONFLICT (path) DO UPDATE SET last_version = secrets.last_version + 1, updated_at = $2
+                     RETURNING id, last_version",
+                )
+                .await?;
+            let row = tx.query_one(&stmt, &[&path.as_str(), &now]).await?;
+            let (id, last): (i64, i64) = (row.get(0), row.get(1));
+            let version = db_version(path, last)?;
+            let envelope = seal(version)?;
+            let stmt = tx
+                .prepare_cached("INSERT INTO versions (secret_id, version, envelope, created_at) VALUES ($1, $2, $3, $4)")
+                .await?;
+            tx.execute(&stmt, &[&id, &version.as_i64(), &envelope, &now])
+                .await?;
+            Ok(WriteOut::Version(version))
+        }
+        WriteOp::Delete { path, version } => {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE versions SET envelope = NULL, deleted_at = $1
+                     WHERE secret_id = (SELECT id FROM secrets WHERE path = $2)
+                       AND ($3::BIGINT IS NULL OR version = $3)
+                       AND deleted_at IS NULL
+                     RETURNING version",
+                )
+                .await?;
+            let rows = tx
+                .query(
+                    &stmt,
+                    &[&now_ms(), &path.as_str(), &version.map(Version::as_i64)],
+                )
+                .await?;
+            let mut out = rows
+                .iter()
+                .map(|r| db_version(path, r.get(0)))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.sort_unstable();
+            Ok(WriteOut::Versions(out))
+        }
+        WriteOp::AddKey(key) => {
+            let n = tx
+                .execute(
+                    "INSERT INTO data_keys (generation, wrapped, created_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (generation) DO NOTHING",
+                    &[&i64::from(key.generation), &key.wrapped, &now_ms()],
+                )
+                .await?;
+            Ok(WriteOut::Inserted(n == 1))
+        }
+        WriteOp::InsertSetting { name, value } => {
+            let n = tx
+                .execute(
+                    "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                    &[&name, &value],
+                )
+                .await?;
+            Ok(WriteOut::Inserted(n == 1))
+        }
+    }
+}
+
+impl Store for PgStore {
+    fn put(&self, path: SecretPath, seal: Sealer) -> BoxFuture<'_, Result<Version, StoreError>> {
+        Box::pin(async move {
+            match self
+                .write(WriteOp::Put {
+                    path: &path,
+                    seal: &seal,
+                })
+                .await?
+            {
+                WriteOut::Version(v) => Ok(v),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        path: &'a SecretPath,
+        version: Option<Version>,
+    ) -> BoxFuture<'a, Result<Option<StoredVersion>, StoreError>> {
+        Box::pin(self.deadline(async move {
+            let client = self.pool.get().await.map_err(map_pool)?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT v.version, v.envelope, v.created_at
+                     FROM secrets s JOIN versions v ON v.secret_id = s.id
+                     WHERE s.path = $1 AND v.envelope IS NOT NULL
+                       AND ($2::BIGINT IS NULL OR v.version = $2)
+                     ORDER BY v.version DESC LIMIT 1",
+                )
+                .await
+                .map_err(map_pg)?;
+            let row = client
+                .query_opt(&stmt, &[&path.as_str(), &version.map(Version::as_i64)])
+                .await
+                .map_err(map_pg)?;
+            row.map(|r| {
+                Ok(StoredVersion {
+                    version: db_version(path, r.get(0))?,
+                    envelope: r.get(1),
+                    created_at_ms: r.get(2),
+                })
+            })
+            .transpose()
+        }))
+    }
+
+    fn delete(
+        &self,
+        path: SecretPath,
+        version: Option<Version>,
+    ) -> BoxFuture<'_, Result<Vec<Version>, StoreError>> {
+        Box::pin(async move {
+            match self
+                .write(WriteOp::Delete {
+                    path: &path,
+                    version,
+                })
+                .await?
+            {
+                WriteOut::Versions(v) => Ok(v),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn data_keys(&self) -> BoxFuture<'_, Result<Vec<WrappedKey>, StoreError>> {
+        Box::pin(self.deadline(async move {
+            let client = self.pool.get().await.map_err(map_pool)?;
+            let rows = client
+                .query(
+                    "SELECT generation, wrapped FROM data_keys ORDER BY generation",
+                    &[],
+                )
+                .await
+                .map_err(map_pg)?;
+            rows.iter()
+                .map(|r| {
+                    let g: i64 = r.get(0);
+                    let generation = u32::try_from(g).map_err(|_| {
+                        StoreError::Corrupt(format!("data key generation {g} out of range"))
+                    })?;
+                    Ok(WrappedKey {
+                        generation,
+                        wrapped: r.get(1),
+                    })
+                })
+                .collect()
+        }))
+    }
+
+    fn add_data_key(&self, key: WrappedKey) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            match self.write(WriteOp::AddKey(&key)).await? {
+                WriteOut::Inserted(b) => Ok(b),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn setting<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(self.deadline(async move {
+            let client = self.pool.get().await.map_err(map_pool)?;
+            let row = client
+                .query_opt("SELECT value FROM settings WHERE name = $1", &[&name])
+                .await
+                .map_err(map_pg)?;
+            Ok(row.map(|r| r.get(0)))
+        }))
+    }
+
+    fn insert_setting(
+        &self,
+        name: &str,
+        value: Vec<u8>,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            match self
+                .write(WriteOp::InsertSetting {
+                    name: &name,
+                    value: &value,
+                })
+                .await?
+            {
+                WriteOut::Inserted(b) => Ok(b),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn export(&self) -> BoxFuture<'_, Result<Dump, StoreError>> {
+        // No client-side deadline: a large store takes as long as it takes.
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(map_pool)?;
+            // One snapshot for all four tables.
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(map_pg)?;
+            tx.batch_execute("SET LOCAL statement_timeout = 0")
+                .await
+                .map_err(map_pg)?;
+            let mut d = Dump::default();
+            for r in tx
+                .query(
+                    "SELECT path, last_version, created_at, updated_at FROM secrets",
+                    &[],
+                )
+                .await
+                .map_err(map_pg)?
+            {
+                d.secrets.push(SecretRow {
+                    path: r.get(0),
+                    last_version: r.get(1),
+                    created_at: r.get(2),
+                    updated_at: r.get(3),
+                });
+            }
+            for r in tx
+                .query(
+                    "SELECT s.path, v.version, v.envelope, v.created_at, v.deleted_at
+                     FROM versions v JOIN secrets s ON s.id = v.secret_id",
+                    &[],
+                )
+                .await
+                .map_err(map_pg)?
+            {
+                d.versions.push(VersionRow {
+                    path: r.get(0),
+                    version: r.get(1),
+                    envelope: r.get(2),
+                    created_at: r.get(3),
+                    deleted_at: r.get(4),
+                });
+            }
+            for r in tx
+                .query("SELECT generation, wrapped, created_at FROM data_keys", &[])
+                .await
+                .map_err(map_pg)?
+            {
+                d.data_keys.push(KeyRow {
+                    generation: r.get(0),
+                    wrapped: r.get(1),
+                    created_at: r.get(2),
+                });
+            }
+            for r in tx
+                .query("SELECT name, value FROM settings", &[])
+                .await
+                .map_err(map_pg)?
+            {
+                d.settings.push((r.get(0), r.get(1)));
+            }
+            tx.commit().await.map_err(map_pg)?;
+            d.sort();
+            Ok(d)
+        })
+    }
+
+    fn import(&self, dump: Dump, replace: bool) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(map_pool)?;
+            let tx = client.transaction().await.map_err(map_pg)?;
+            tx.batch_execute("SET LOCAL statement_timeout = 0; LOCK TABLE secrets, versions, data_keys, settings IN EXCLUSIVE MODE")
+                .await
+                .map_err(map_pg)?;
+            let count = |r: tokio_postgres::Row| -> i64 { r.get(0) };
+            let secrets = count(
+                tx.query_one("SELECT COUNT(*) FROM secrets", &[])
+                    .await
+                    .map_err(map_pg)?,
+            );
+            let keys = count(
+                tx.query_one("SELECT COUNT(*) FROM data_keys", &[])
+                    .await
+                    .map_err(map_pg)?,
+            );
+            if secrets + keys > 0 {
+                if !replace {
+                    return Err(StoreError::NotEmpty(format!(
+                        "{secrets} secrets, {keys} data keys"
+                    )));
+                }
+                tx.batch_execute("DELETE FROM versions; DELETE FROM secrets; DELETE FROM data_keys; DELETE FROM settings")
+                    .await
+                    .map_err(map_pg)?;
+            }
+            let ins = tx
+                .prepare(
+                    "INSERT INTO secrets (path, last_version, created_at, updated_at) VALUES ($1, $2, $3, $4) RETURNING id",
+                )
+                .await
+                .map_err(map_pg)?;
+            let mut ids = std::collections::HashMap::with_capacity(dump.secrets.len());
+            for s in &dump.secrets {
+                let row = tx
+                    .query_one(
+                        &ins,
+                        &[&s.path, &s.last_version, &s.created_at, &s.updated_at],
+                    )
+                    .await
+                    .map_err(map_pg)?;
+                ids.insert(s.path.as_str(), row.get::<_, i64>(0));
+            }
+            let ins = tx
+                .prepare(
+                    "INSERT INTO versions (secret_id, version, envelope, created_at, deleted_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .await
+                .map_err(map_pg)?;
+            for v in &dump.versions {
+                let id = ids.get(v.path.as_str()).ok_or_else(|| {
+                    StoreError::Corrupt(format!("version row for unknown path {}", v.path))
+                })?;
+                tx.execute(
+                    &ins,
+                    &[id, &v.version, &v.envelope, &v.created_at, &v.deleted_at],
+                )
+                .await
+                .map_err(map_pg)?;
+            }
+            for k in &dump.data_keys {
+                tx.execute(
+                    "INSERT INTO data_keys (generation, wrapped, created_at) VALUES ($1, $2, $3)",
+                    &[&k.generation, &k.wrapped, &k.created_at],
+                )
+                .await
+                .map_err(map_pg)?;
+            }
+            for (name, value) in &dump.settings {
+                tx.execute(
+                    "INSERT INTO settings (name, value) VALUES ($1, $2)",
+                    &[name, value],
+                )
+                .await
+                .map_err(map_pg)?;
+            }
+            tx.commit().await.map_err(map_pg)
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.deadline(async move {
+            let client = self.pool.get().await.map_err(map_pool)?;
+            client.simple_query("SELECT 1").await.map_err(map_pg)?;
+            Ok(())
+        }))
+    }
+}
