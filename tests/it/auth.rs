@@ -5,6 +5,8 @@ use base64::Engine as _;
 
 use crate::common::*;
 
+crate::both_backends!(auth_matrix,);
+
 fn basic(user_key: &str) -> String {
     format!(
         "Basic {}",
@@ -12,9 +14,8 @@ fn basic(user_key: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn auth_matrix() {
-    let s = TestServer::start_with(|c| c.auth_headers = vec!["X-TFY-Token".into()]).await;
+async fn auth_matrix(b: Backend) {
+    let s = TestServer::start_with(b, |c| c.auth_headers = vec!["X-TFY-Token".into()]).await;
     let a = s.addr();
     s.client.put_ok("tfy-secret/auth/x", "v").await;
     let bearer = format!("Bearer {KEY}");

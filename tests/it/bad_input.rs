@@ -5,6 +5,16 @@ use serde_json::json;
 
 use crate::common::*;
 
+crate::both_backends!(
+    bad_paths_on_every_verb,
+    limits_are_inclusive,
+    bad_versions_in_the_query,
+    bad_versions_in_delete,
+    bad_bodies,
+    content_types,
+    errors_never_echo_input,
+);
+
 /// Paths every verb must refuse with 400 `invalid_path`.
 const BAD_PATHS: &[&str] = &[
     "",
@@ -51,9 +61,8 @@ fn too_long_paths() -> Vec<String> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_paths_on_every_verb() {
-    let s = TestServer::start().await;
+async fn bad_paths_on_every_verb(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     let mut paths: Vec<String> = BAD_PATHS.iter().map(|p| p.to_string()).collect();
     paths.extend(too_long_paths());
@@ -94,9 +103,8 @@ async fn bad_paths_on_every_verb() {
     assert_eq!(c.get("tfy-secret/a", None).await.status, 404);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn limits_are_inclusive() {
-    let s = TestServer::start().await;
+async fn limits_are_inclusive(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     let seg = "a".repeat(128);
     let ok = [
@@ -114,9 +122,8 @@ async fn limits_are_inclusive() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_versions_in_the_query() {
-    let s = TestServer::start().await;
+async fn bad_versions_in_the_query(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     c.put_ok("tfy-secret/v", "x").await;
     for v in [
@@ -172,9 +179,8 @@ async fn bad_versions_in_the_query() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_versions_in_delete() {
-    let s = TestServer::start().await;
+async fn bad_versions_in_delete(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     c.put_ok("tfy-secret/v", "x").await;
     for v in [
@@ -229,9 +235,8 @@ async fn bad_versions_in_delete() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_bodies() {
-    let s = TestServer::start().await;
+async fn bad_bodies(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let cases: Vec<(&str, String, &str)> = vec![
@@ -354,9 +359,8 @@ async fn bad_bodies() {
     assert_eq!(c.get("tfy-secret/a", None).await.status, 404);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn content_types() {
-    let s = TestServer::start().await;
+async fn content_types(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let a = s.addr();
     let body = br#"{"path":"tfy-secret/ct","value":"x"}"#;
     for (ct, status) in [
@@ -381,9 +385,8 @@ async fn content_types() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn errors_never_echo_input() {
-    let s = TestServer::start().await;
+async fn errors_never_echo_input(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     let canary = "CANARY-6f1d2c9e";
     let bodies = [

@@ -161,6 +161,130 @@ pub fn enc(s: &str) -> String {
         .replace('+', "%20")
 }
 
+/// The master key the PostgreSQL tests use (every replica needs the same).
+pub const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// Which store a test server runs on.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+/// The server the PostgreSQL tests use: SECRETD_TEST_DATABASE_URL, else the
+/// local default.
+pub fn pg_base_url() -> String {
+    std::env::var("SECRETD_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// `url` naming database `db` instead.
+pub fn with_db(url: &str, db: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((m, q)) => (m, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let host_start = main.find("://").map_or(0, |i| i + 3);
+    let base = match main[host_start..].find('/') {
+        Some(i) => &main[..host_start + i],
+        None => main,
+    };
+    format!("{base}/{db}{query}")
+}
+
+/// A fresh database on the test server, dropped by [`TestDb::drop_db`].
+pub struct TestDb {
+    pub url: String,
+    name: String,
+}
+
+async fn admin_client() -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(&pg_base_url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+impl TestDb {
+    /// Creates a database, or returns `None` (with a printed notice) when no
+    /// server is reachable, unless SECRETD_REQUIRE_POSTGRES=1 (then panics).
+    pub async fn create() -> Option<TestDb> {
+        let client = match tokio::time::timeout(Duration::from_secs(5), admin_client()).await {
+            Ok(Ok(c)) => c,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                if std::env::var("SECRETD_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                    panic!(
+                        "PostgreSQL required (SECRETD_REQUIRE_POSTGRES=1) but unreachable: {why}"
+                    );
+                }
+                eprintln!(
+                    "notice: skipping a PostgreSQL test, no server reachable at the test URL: {why}"
+                );
+                return None;
+            }
+        };
+        let mut rnd = [0u8; 6];
+        getrandom::fill(&mut rnd).expect("random");
+        let name = format!(
+            "secretd_t_{}",
+            rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        Some(TestDb {
+            url: with_db(&pg_base_url(), &name),
+            name,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        Backend::Postgres(self.url.clone())
+    }
+
+    pub async fn drop_db(self) {
+        if let Ok(c) = admin_client().await {
+            let _ = c
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .await;
+        }
+    }
+}
+
+/// Runs each named `async fn(Backend)` once on SQLite and once on a fresh
+/// PostgreSQL database: `both_backends!(a, b)` makes tests `a::sqlite`,
+/// `a::postgres`, ...
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread")]
+                async fn sqlite() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn postgres() {
+                    if let Some(db) = $crate::common::TestDb::create().await {
+                        super::$name(db.backend()).await;
+                        db.drop_db().await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
 /// An in-process server on a random port and a temp data dir.
 pub struct TestServer {
     pub client: Client,
@@ -169,17 +293,21 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start() -> Self {
-        Self::start_with(|_| {}).await
+    pub async fn start_on(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
     }
 
-    pub async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = ServeConfig::with_data_dir(dir.path().join("data"));
         cfg.api_keys = vec![
             SecretString::new(KEY.into()),
             SecretString::new(KEY2.into()),
         ];
+        if let Backend::Postgres(url) = backend {
+            cfg.database_url = Some(SecretString::new(url));
+            cfg.master_key = Some(SecretString::new(MASTER_KEY.into()));
+        }
         tweak(&mut cfg);
         let opened = secretd::bootstrap::open(&cfg).await.expect("open");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -387,14 +515,23 @@ impl Proc {
 
     /// Waits (up to 10 s) until stdout contains `needle`; returns stdout.
     pub fn wait_stdout(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self.stdout();
-            if out.contains(needle) || Instant::now() > deadline {
-                return out;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        wait_for(&self.stdout, needle)
+    }
+
+    /// Waits (up to 10 s) until stderr contains `needle`; returns stderr.
+    pub fn wait_stderr(&self, needle: &str) -> String {
+        wait_for(&self.stderr, needle)
+    }
+}
+
+fn wait_for(sink: &Mutex<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = sink.lock().expect("lock").clone();
+        if out.contains(needle) || Instant::now() > deadline {
+            return out;
         }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -4,9 +4,22 @@ use serde_json::json;
 
 use crate::common::*;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn vendor_quick_test() {
-    let s = TestServer::start().await;
+crate::both_backends!(
+    vendor_quick_test,
+    versions_grow_and_are_never_reused,
+    delete_version_forms,
+    missing_secret_and_path,
+    root_validation_call,
+    leading_slash_names_the_same_secret,
+    values_round_trip_exactly,
+    size_limits,
+    routes_and_methods,
+    hundreds_of_concurrent_puts_to_one_path,
+    concurrent_writes_to_many_paths,
+);
+
+async fn vendor_quick_test(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     let p = "tfy-secret/acme/prod/db-password";
     // 1. create
@@ -41,9 +54,8 @@ async fn vendor_quick_test() {
     assert_eq!(r.error_code(), "not_found");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn versions_grow_and_are_never_reused() {
-    let s = TestServer::start().await;
+async fn versions_grow_and_are_never_reused(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     let p = "tfy-secret/t/versions";
     for i in 1..=3u64 {
@@ -105,9 +117,8 @@ async fn versions_grow_and_are_never_reused() {
     assert_eq!(c.get(p, Some("4")).await.status, 404);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn delete_version_forms() {
-    let s = TestServer::start().await;
+async fn delete_version_forms(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     let p = "tfy-secret/t/delete-forms";
     for _ in 0..4 {
@@ -132,9 +143,8 @@ async fn delete_version_forms() {
     assert_eq!(r.status, 400);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn missing_secret_and_path() {
-    let s = TestServer::start().await;
+async fn missing_secret_and_path(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     let r = c.get("tfy-secret/nope", None).await;
     assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
@@ -146,9 +156,8 @@ async fn missing_secret_and_path() {
     assert_eq!((r.status, r.error_code().as_str()), (400, "not_found"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn root_validation_call() {
-    let s = TestServer::start().await;
+async fn root_validation_call(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     for p in ["tfy-secret", "tfy-secret/", "/tfy-secret", "/tfy-secret/"] {
         let r = c.get(p, None).await;
@@ -175,9 +184,8 @@ async fn root_validation_call() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn leading_slash_names_the_same_secret() {
-    let s = TestServer::start().await;
+async fn leading_slash_names_the_same_secret(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     let r = c.put("/tfy-secret/example/key1", "one").await;
     assert_eq!(
@@ -202,9 +210,8 @@ async fn leading_slash_names_the_same_secret() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn values_round_trip_exactly() {
-    let s = TestServer::start().await;
+async fn values_round_trip_exactly(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     let cases = [
         String::new(),
@@ -225,9 +232,8 @@ async fn values_round_trip_exactly() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn size_limits() {
-    let s = TestServer::start().await;
+async fn size_limits(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = &s.client;
     // value one byte over 64 KiB
     let r = c.put("tfy-secret/big", &"x".repeat(64 * 1024 + 1)).await;
@@ -307,9 +313,8 @@ fn endless_chunked_put(addr: std::net::SocketAddr) -> (u16, String, usize) {
     (status, text, at_response)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn routes_and_methods() {
-    let s = TestServer::start().await;
+async fn routes_and_methods(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let a = s.addr();
     let key = [("x-api-key", KEY)];
     for (m, uri, status, code) in [
@@ -335,9 +340,8 @@ async fn routes_and_methods() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hundreds_of_concurrent_puts_to_one_path() {
-    let s = TestServer::start().await;
+async fn hundreds_of_concurrent_puts_to_one_path(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = s.client.clone();
     let p = "tfy-secret/race/one";
     let n = 300;
@@ -369,9 +373,8 @@ async fn hundreds_of_concurrent_puts_to_one_path() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_writes_to_many_paths() {
-    let s = TestServer::start().await;
+async fn concurrent_writes_to_many_paths(b: Backend) {
+    let s = TestServer::start_on(b).await;
     let c = s.client.clone();
     let mut tasks = Vec::new();
     for w in 0..16 {

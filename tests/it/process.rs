@@ -164,7 +164,8 @@ async fn configured_keys_replace_the_generated_one() {
         "no banner when keys are configured"
     );
     p.client(KEY2).put_ok("tfy-secret/k", "v").await;
-    assert!(p.stderr().contains("key_id=static-2"), "{}", p.stderr());
+    let logs = p.wait_stderr("key_id=static-2");
+    assert!(logs.contains("key_id=static-2"), "{logs}");
     assert!(!p.stderr().contains(KEY2));
     drop(p);
     // --api-key works as well
@@ -329,9 +330,11 @@ async fn plaintext_never_reaches_disk_or_logs() {
     c.json("PUT", &format!(r#"{{"path":"{canary}","value":"x"}}"#))
         .await;
     c.get("tfy-secret/leak/x", Some(canary)).await;
-    let stderr = p.stderr();
-    let stdout = p.stdout();
+    let (out, err) = (Arc::clone(&p.stdout), Arc::clone(&p.stderr));
     assert_eq!(p.terminate(), Some(0));
+    std::thread::sleep(Duration::from_millis(200)); // let the pumps drain the pipes
+    let stderr = err.lock().expect("lock").clone();
+    let stdout = out.lock().expect("lock").clone();
     assert!(
         stderr.contains("request"),
         "no request logs at trace level?"
@@ -538,7 +541,7 @@ async fn tampered_rows_are_never_served() {
         c.get("tfy-secret/tamper/untouched", None).await.json()["value"],
         "fine"
     );
-    let logs = p.stderr();
+    let logs = p.wait_stderr("path=tfy-secret/tamper/v version=2");
     assert!(
         logs.lines().any(|l| l.contains("integrity")
             && l.contains("path=tfy-secret/tamper/v")
