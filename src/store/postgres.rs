@@ -108,11 +108,27 @@ fn is_retryable(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// The error and its causes, e.g. "error performing TLS handshake: invalid
+/// peer certificate: UnknownIssuer".
+fn describe(e: &tokio_postgres::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}
+
 fn map_pg(e: tokio_postgres::Error) -> StoreError {
     if is_unavailable(&e) {
-        StoreError::Unavailable(format!("database: {e}"))
+        StoreError::Unavailable(format!("database: {}", describe(&e)))
     } else {
-        StoreError::Backend(format!("database: {e}"))
+        StoreError::Backend(format!("database: {}", describe(&e)))
     }
 }
 

@@ -6,4 +6,5 @@ mod auth;
 mod bad_input;
 mod common;
 mod contract;
+mod postgres;
 mod process;

@@ -1,0 +1,583 @@
+//! PostgreSQL-only behaviour: replicas on one database, outages, TLS,
+//! start-up refusals, and `secretd migrate` both ways.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::*;
+
+fn pg_env(url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("SECRETD_API_KEYS", KEY.to_owned()),
+        ("SECRETD_DATABASE_URL", url.to_owned()),
+        ("SECRETD_MASTER_KEY", MASTER_KEY.to_owned()),
+    ]
+}
+
+fn start_pg(data: &std::path::Path, env: &[(&'static str, String)]) -> Proc {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Proc::start(data, &env)
+}
+
+fn try_start_pg(data: &std::path::Path, env: &[(&'static str, String)]) -> Result<Proc, String> {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Proc::try_start(data, &env)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_never_hand_out_a_version_twice() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = pg_env(&db.url);
+    // Both start at once on an empty database: migrations must not race.
+    let (d1, d2) = (dir.path().join("a"), dir.path().join("b"));
+    let (e1, e2) = (env.clone(), env.clone());
+    let t1 = std::thread::spawn(move || start_pg(&d1, &e1));
+    let t2 = std::thread::spawn(move || start_pg(&d2, &e2));
+    let (r1, r2) = (t1.join().expect("replica 1"), t2.join().expect("replica 2"));
+    let clients = [r1.client(KEY), r2.client(KEY)];
+    let n = 300;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let c = clients[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let value = format!("value-{i}");
+            (c.put_ok("tfy-secret/replicas/one", &value).await, value)
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.expect("task"));
+    }
+    let mut versions: Vec<u64> = got.iter().map(|(v, _)| *v).collect();
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "unique and contiguous across replicas"
+    );
+    for (v, value) in &got {
+        for c in &clients {
+            let r = c.get("tfy-secret/replicas/one", Some(&v.to_string())).await;
+            assert_eq!(
+                r.json()["value"].as_str(),
+                Some(value.as_str()),
+                "v{v} via {}",
+                c.addr
+            );
+        }
+    }
+    // a delete on one replica is seen by the other at once
+    assert_eq!(
+        clients[0]
+            .delete("tfy-secret/replicas/one", Some(json!(n)))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        clients[1]
+            .get("tfy-secret/replicas/one", Some(&n.to_string()))
+            .await
+            .status,
+        404
+    );
+    drop((r1, r2));
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_refusals() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = pg_env(&db.url);
+    let p = start_pg(&dir.path().join("a"), &env);
+    p.client(KEY).put_ok("tfy-secret/k", "v").await;
+    drop(p);
+    // another master key cannot unwrap the stored data keys
+    let mut other = env.clone();
+    other[2].1 = "HxwdHh8AAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRo=".into();
+    let e = try_start_pg(&dir.path().join("b"), &other)
+        .err()
+        .expect("must refuse");
+    assert!(e.contains("master key does not open"), "{e}");
+    // no master key at all: never generate one for a shared database
+    let e = try_start_pg(&dir.path().join("c"), &env[..2])
+        .err()
+        .expect("must refuse");
+    assert!(e.contains("must be given explicitly"), "{e}");
+    assert!(
+        !dir.path().join("c").exists(),
+        "no data dir for a database-backed server"
+    );
+    // a schema from the future
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .execute(
+            "INSERT INTO secretd_schema (version, applied_at) VALUES (99, 0)",
+            &[],
+        )
+        .await
+        .expect("insert");
+    let e = try_start_pg(&dir.path().join("d"), &env)
+        .err()
+        .expect("must refuse");
+    assert!(e.contains("schema version 99 is newer"), "{e}");
+    assert!(
+        !e.contains(&db.url),
+        "the database URL (it may hold a password) was printed: {e}"
+    );
+    drop(client);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_follows_sslmode() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let ssl: String = client
+        .query_one("SHOW ssl", &[])
+        .await
+        .expect("show")
+        .get(0);
+    if ssl != "on" {
+        eprintln!("notice: the test PostgreSQL has ssl=off; TLS checks skipped");
+        db.drop_db().await;
+        return;
+    }
+    let sep = if db.url.contains('?') { '&' } else { '?' };
+    for (mode, want_ssl) in [("disable", false), ("require", true)] {
+        let url = format!("{}{sep}sslmode={mode}", db.url);
+        let s = TestServer::start_on(Backend::Postgres(url)).await;
+        s.client.put_ok("tfy-secret/tls", mode).await;
+        let rows = client
+            .query(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = 'secretd' AND a.datname = current_database()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_ssl");
+        assert!(!rows.is_empty());
+        assert!(
+            rows.iter().all(|r| r.get::<_, bool>(0) == want_ssl),
+            "sslmode={mode}"
+        );
+        drop(s);
+        // wait for the pool's connections to go away before the next mode
+        for _ in 0..100 {
+            let n: i64 = client
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'secretd' AND datname = current_database()",
+                    &[],
+                )
+                .await
+                .expect("count")
+                .get(0);
+            if n == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // verify-full checks the certificate: a self-signed test server is refused
+    let url = format!("{}{sep}sslmode=verify-full", db.url);
+    let mut cfg = secretd::config::ServeConfig::with_data_dir(std::env::temp_dir().join("unused"));
+    cfg.database_url = Some(secretd::config::SecretString::new(url));
+    cfg.master_key = Some(secretd::config::SecretString::new(MASTER_KEY.into()));
+    cfg.api_keys = vec![secretd::config::SecretString::new(KEY.into())];
+    let e = secretd::bootstrap::open(&cfg)
+        .await
+        .expect_err("an untrusted certificate must be refused");
+    eprintln!("verify-full refusal: {e}");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    drop(client);
+    db.drop_db().await;
+}
+
+/// A TCP proxy between secretd and PostgreSQL that can cut the database off.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (Arc::clone(&up), Arc::clone(&conns));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound); // the database is "gone": connection closed at once
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                conns2.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        Proxy { addr, up, conns }
+    }
+
+    /// The database goes away: every open connection is cut, new ones fail.
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `url` with its host:port replaced by `addr`.
+fn via(url: &str, addr: SocketAddr) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let authority = &url[start..end];
+    let userinfo = authority.rfind('@').map_or("", |i| &authority[..=i]);
+    format!("{}{userinfo}{addr}{}", &url[..start], &url[end..])
+}
+
+fn pg_target() -> SocketAddr {
+    let cfg = tokio_postgres::Config::from_str(&pg_base_url()).expect("test URL");
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let host = if host == "localhost" {
+        "127.0.0.1".to_owned()
+    } else {
+        host
+    };
+    format!("{host}:{port}").parse().expect("host:port")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_outage_gives_fast_503s_and_recovers_without_restart() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let proxy = Proxy::start(pg_target()).await;
+    let url = via(&db.url, proxy.addr);
+    let (acquire, statement) = (Duration::from_secs(1), Duration::from_secs(2));
+    let s = TestServer::start_with(Backend::Postgres(url), |c| {
+        c.db.db_acquire_timeout = acquire;
+        c.db.db_statement_timeout = statement;
+    })
+    .await;
+    let c = s.client.clone();
+    let limit = acquire + statement + Duration::from_secs(1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
+    let outcomes: Arc<Mutex<Vec<(u16, Duration)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (c, stop, acked, outcomes) = (
+            c.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&acked),
+            Arc::clone(&outcomes),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let path = format!("tfy-secret/outage/p{w}");
+                let value = format!("w{w}-{i}");
+                let t = Instant::now();
+                let r = c.put(&path, &value).await;
+                outcomes.lock().expect("lock").push((r.status, t.elapsed()));
+                if r.status == 200 {
+                    let v = r.json()["version"].as_u64().expect("version");
+                    acked.lock().expect("lock").push((path, v, value));
+                } else {
+                    assert_eq!(r.error_code(), "unavailable");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = acked.lock().expect("lock").len();
+    assert!(before > 0, "no writes before the outage");
+
+    proxy.down();
+    let cut = Instant::now();
+    loop {
+        let r = send(c.addr, "GET", "/readyz", &[], None).await;
+        if r.status == 503 {
+            assert_eq!(r.error_code(), "unavailable");
+            break;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(2),
+            "/readyz still 200 {:?} after the cut",
+            cut.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = outcomes
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(s, _)| *s == 503)
+        .count();
+    assert!(during > 0, "no 503 during the outage");
+
+    proxy.up();
+    let back = Instant::now();
+    let acked_at_restore = acked.lock().expect("lock").len();
+    while acked.lock().expect("lock").len() == acked_at_restore {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "writes did not resume within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovered = back.elapsed();
+    loop {
+        if send(c.addr, "GET", "/readyz", &[], None).await.status == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "/readyz did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.expect("writer");
+    }
+
+    let outcomes = outcomes.lock().expect("lock").clone();
+    for (status, took) in &outcomes {
+        assert!(*status == 200 || *status == 503, "status {status}");
+        assert!(*took <= limit, "a request took {took:?} (limit {limit:?})");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    for (path, v, value) in &acked {
+        let r = c.get(path, Some(&v.to_string())).await;
+        assert_eq!(
+            r.json()["value"].as_str(),
+            Some(value.as_str()),
+            "acknowledged {path} v{v} lost"
+        );
+    }
+    for w in 0..4 {
+        let path = format!("tfy-secret/outage/p{w}");
+        let latest = c.get(&path, None).await.json()["version"]
+            .as_u64()
+            .unwrap_or(0);
+        for v in 1..=latest {
+            assert_eq!(
+                c.get(&path, Some(&v.to_string())).await.status,
+                200,
+                "{path} v{v} missing"
+            );
+        }
+    }
+    let worst = outcomes.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    eprintln!(
+        "outage: {} requests ({} x 503), slowest {worst:?}, writes resumed {recovered:?} after the database returned, {} acknowledged, 0 lost",
+        outcomes.len(),
+        outcomes.iter().filter(|(s, _)| *s == 503).count(),
+        acked.len()
+    );
+    drop(s);
+    db.drop_db().await;
+}
+
+/// What the secrets should look like: path -> version -> Some(value) or
+/// None (deleted); the latest live version follows.
+type Expected = HashMap<String, Vec<Option<String>>>;
+
+async fn check_expected(c: &Client, expected: &Expected) {
+    for (path, versions) in expected {
+        for (i, want) in versions.iter().enumerate() {
+            let r = c.get(path, Some(&(i + 1).to_string())).await;
+            match want {
+                Some(v) => assert_eq!(
+                    r.json()["value"].as_str(),
+                    Some(v.as_str()),
+                    "{path} v{}",
+                    i + 1
+                ),
+                None => assert_eq!(r.status, 404, "{path} v{} should be deleted", i + 1),
+            }
+        }
+        let latest = versions.iter().rposition(Option::is_some);
+        let r = c.get(path, None).await;
+        match latest {
+            Some(i) => assert_eq!(
+                r.json()["version"].as_u64(),
+                Some(i as u64 + 1),
+                "{path} latest"
+            ),
+            None => assert_eq!(r.status, 404, "{path} latest"),
+        }
+        assert_eq!(
+            c.get(path, Some(&(versions.len() + 1).to_string()))
+                .await
+                .status,
+            404
+        );
+    }
+}
+
+fn migrate(from: &str, to: &str, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(["migrate", "--from", from, "--to", to])
+        .args(extra)
+        .output()
+        .expect("run migrate")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_embedded_to_postgres_and_back() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("embedded");
+    let env = [
+        ("SECRETD_API_KEYS", KEY),
+        ("SECRETD_MASTER_KEY", MASTER_KEY),
+    ];
+    let p = Proc::start(&data, &env);
+    let c = p.client(KEY);
+    let n = 2000;
+    let expected: Arc<Mutex<Expected>> = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let (c, expected) = (c.clone(), Arc::clone(&expected));
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(16) {
+                let path = format!("tfy-secret/m/t{}/s{i}", i % 7);
+                let rounds = if i % 5 == 0 { 3 } else { 1 };
+                let mut versions = Vec::new();
+                for r in 0..rounds {
+                    let value = format!("secret-{i}-{r}");
+                    c.put_ok(&path, &value).await;
+                    versions.push(Some(value));
+                }
+                if i % 5 == 0 {
+                    assert_eq!(c.delete(&path, Some(json!(2))).await.status, 200);
+                    versions[1] = None;
+                }
+                if i % 10 == 3 {
+                    assert_eq!(c.delete(&path, None).await.status, 200);
+                    versions.iter_mut().for_each(|v| *v = None);
+                }
+                expected.lock().expect("lock").insert(path, versions);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    assert_eq!(p.terminate(), Some(0));
+    let expected = expected.lock().expect("lock").clone();
+
+    let from = data.display().to_string();
+    let out = migrate(&from, &db.url, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("copied {n} secrets")), "{stdout}");
+    assert!(stdout.contains("verified"), "{stdout}");
+    assert!(!stdout.contains(&db.url) && !String::from_utf8_lossy(&out.stderr).contains(&db.url));
+    eprintln!("{stdout}");
+
+    // a second run refuses the non-empty target, --replace overwrites it
+    let out = migrate(&from, &db.url, &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = migrate(&from, &db.url, &["--replace"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // the server on PostgreSQL answers exactly as before, and keeps counting
+    let p = start_pg(&dir.path().join("unused"), &pg_env(&db.url));
+    let c = p.client(KEY);
+    check_expected(&c, &expected).await;
+    let path = expected
+        .iter()
+        .find(|(_, v)| v.len() == 3)
+        .map(|(p, _)| p.clone())
+        .expect("a 3-version secret");
+    assert_eq!(c.put_ok(&path, "after-migration").await, 4);
+    drop(p);
+
+    // and back into a fresh data dir
+    let back = dir.path().join("back");
+    let out = migrate(&db.url, &back.display().to_string(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = Proc::start(&back, &env);
+    let mut expected = expected;
+    expected
+        .get_mut(&path)
+        .expect("path")
+        .push(Some("after-migration".into()));
+    check_expected(&p.client(KEY), &expected).await;
+
+    // a missing source is an error, not an empty copy
+    let out = migrate(
+        &dir.path().join("nothing").display().to_string(),
+        &back.display().to_string(),
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no secretd store"));
+    db.drop_db().await;
+}
