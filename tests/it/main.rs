@@ -6,5 +6,6 @@ mod auth;
 mod bad_input;
 mod common;
 mod contract;
+mod outage;
 mod postgres;
 mod process;

@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
 use crate::common::*;
+use crate::outage;
 
 fn pg_env(url: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -300,126 +301,15 @@ async fn database_outage_gives_fast_503s_and_recovers_without_restart() {
     .await;
     let c = s.client.clone();
     let limit = acquire + statement + Duration::from_secs(1);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
-    let outcomes: Arc<Mutex<Vec<(u16, Duration)>>> = Arc::default();
-    let mut tasks = Vec::new();
-    for w in 0..4 {
-        let (c, stop, acked, outcomes) = (
-            c.clone(),
-            Arc::clone(&stop),
-            Arc::clone(&acked),
-            Arc::clone(&outcomes),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let path = format!("tfy-secret/outage/p{w}");
-                let value = format!("w{w}-{i}");
-                let t = Instant::now();
-                let r = c.put(&path, &value).await;
-                outcomes.lock().expect("lock").push((r.status, t.elapsed()));
-                if r.status == 200 {
-                    let v = r.json()["version"].as_u64().expect("version");
-                    acked.lock().expect("lock").push((path, v, value));
-                } else {
-                    assert_eq!(r.error_code(), "unavailable");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                i += 1;
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = acked.lock().expect("lock").len();
-    assert!(before > 0, "no writes before the outage");
-
-    proxy.down();
-    let cut = Instant::now();
-    loop {
-        let r = send(c.addr, "GET", "/readyz", &[], None).await;
-        if r.status == 503 {
-            assert_eq!(r.error_code(), "unavailable");
-            break;
-        }
-        assert!(
-            cut.elapsed() < Duration::from_secs(2),
-            "/readyz still 200 {:?} after the cut",
-            cut.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let during = outcomes
-        .lock()
-        .expect("lock")
-        .iter()
-        .filter(|(s, _)| *s == 503)
-        .count();
-    assert!(during > 0, "no 503 during the outage");
-
-    proxy.up();
-    let back = Instant::now();
-    let acked_at_restore = acked.lock().expect("lock").len();
-    while acked.lock().expect("lock").len() == acked_at_restore {
-        assert!(
-            back.elapsed() < Duration::from_secs(5),
-            "writes did not resume within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let recovered = back.elapsed();
-    loop {
-        if send(c.addr, "GET", "/readyz", &[], None).await.status == 200 {
-            break;
-        }
-        assert!(
-            back.elapsed() < Duration::from_secs(5),
-            "/readyz did not recover"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    for t in tasks {
-        t.await.expect("writer");
-    }
-
-    let outcomes = outcomes.lock().expect("lock").clone();
-    for (status, took) in &outcomes {
-        assert!(*status == 200 || *status == 503, "status {status}");
-        assert!(*took <= limit, "a request took {took:?} (limit {limit:?})");
-    }
-    let acked = acked.lock().expect("lock").clone();
-    for (path, v, value) in &acked {
-        let r = c.get(path, Some(&v.to_string())).await;
-        assert_eq!(
-            r.json()["value"].as_str(),
-            Some(value.as_str()),
-            "acknowledged {path} v{v} lost"
-        );
-    }
-    for w in 0..4 {
-        let path = format!("tfy-secret/outage/p{w}");
-        let latest = c.get(&path, None).await.json()["version"]
-            .as_u64()
-            .unwrap_or(0);
-        for v in 1..=latest {
-            assert_eq!(
-                c.get(&path, Some(&v.to_string())).await.status,
-                200,
-                "{path} v{v} missing"
-            );
-        }
-    }
-    let worst = outcomes.iter().map(|(_, d)| *d).max().unwrap_or_default();
-    eprintln!(
-        "outage: {} requests ({} x 503), slowest {worst:?}, writes resumed {recovered:?} after the database returned, {} acknowledged, 0 lost",
-        outcomes.len(),
-        outcomes.iter().filter(|(s, _)| *s == 503).count(),
-        acked.len()
-    );
+    let report = outage::under_load(
+        &c,
+        limit,
+        async || proxy.down(),
+        Duration::from_secs(3),
+        async || proxy.up(),
+    )
+    .await;
+    eprintln!("outage (proxy cut): {report}");
     drop(s);
     db.drop_db().await;
 }
