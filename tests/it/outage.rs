@@ -109,27 +109,8 @@ pub async fn under_load(
         assert!(*took <= limit, "a request took {took:?} (limit {limit:?})");
     }
     let acked = acked.lock().expect("lock").clone();
-    for (path, v, value) in &acked {
-        let r = c.get(path, Some(&v.to_string())).await;
-        assert_eq!(
-            r.json()["value"].as_str(),
-            Some(value.as_str()),
-            "acknowledged {path} v{v} lost"
-        );
-    }
-    for w in 0..4 {
-        let path = format!("tfy-secret/outage/p{w}");
-        let latest = c.get(&path, None).await.json()["version"]
-            .as_u64()
-            .unwrap_or(0);
-        for v in 1..=latest {
-            assert_eq!(
-                c.get(&path, Some(&v.to_string())).await.status,
-                200,
-                "{path} v{v} missing"
-            );
-        }
-    }
+    let paths: Vec<String> = (0..4).map(|w| format!("tfy-secret/outage/p{w}")).collect();
+    verify_acknowledged(c, &acked, &paths).await;
     let worst = outcomes.iter().map(|(_, d)| *d).max().unwrap_or_default();
     format!(
         "{} requests ({} x 503), slowest {worst:?} (limit {limit:?}), /readyz 503 {flip:?} after the cut, \

@@ -243,29 +243,8 @@ async fn kill_9_loses_no_acknowledged_write() {
         "too few writes acknowledged: {}",
         acked.len()
     );
-    for (path, v, value) in &acked {
-        let r = c.get(path, Some(&v.to_string())).await;
-        assert_eq!(r.status, 200, "acknowledged {path} v{v} lost");
-        assert_eq!(
-            r.json()["value"].as_str(),
-            Some(value.as_str()),
-            "{path} v{v}"
-        );
-    }
-    // versions per path are contiguous from 1 to the latest
-    for k in 0..12 {
-        let path = format!("tfy-secret/crash/p{k}");
-        let latest = c.get(&path, None).await.json()["version"]
-            .as_u64()
-            .unwrap_or(0);
-        for v in 1..=latest {
-            assert_eq!(
-                c.get(&path, Some(&v.to_string())).await.status,
-                200,
-                "{path} v{v} missing"
-            );
-        }
-    }
+    let paths: Vec<String> = (0..12).map(|k| format!("tfy-secret/crash/p{k}")).collect();
+    verify_acknowledged(&c, &acked, &paths).await;
     eprintln!(
         "kill -9: {cycles} cycles, {} acknowledged writes, 0 lost",
         acked.len()
