@@ -85,9 +85,9 @@ impl ApiKeys {
         }
     }
 
-    /// The id of the key whose hash matches, comparing against every key
-    /// without an early exit.
-    fn lookup(&self, presented: &[u8]) -> Option<&str> {
+    /// The id of the static key whose hash matches, comparing against
+    /// every key without an early exit.
+    pub fn lookup(&self, presented: &[u8]) -> Option<&str> {
         let h = KeyHash::of(presented);
         let mut found = None;
         for (id, k) in &self.keys {
@@ -98,27 +98,35 @@ impl ApiKeys {
         found
     }
 
-    /// Checks the request's credentials; `Some(key id)` if all of them are
-    /// valid and there is at least one.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Option<&str> {
-        let mut who = None;
-        let mut any = false;
+    /// Every credential the request presents (`X-API-Key`, the configured
+    /// extra headers, `Authorization: Bearer`/`Basic`). `None` if there is
+    /// none, or if an `Authorization` header is malformed: such a request
+    /// is refused whatever else it carries.
+    pub fn credentials(&self, headers: &HeaderMap) -> Option<Vec<Zeroizing<Vec<u8>>>> {
+        let mut out = Vec::new();
         for v in headers.get_all("x-api-key") {
-            any = true;
-            who = Some(self.lookup(v.as_bytes())?);
+            out.push(Zeroizing::new(v.as_bytes().to_vec()));
         }
         for name in &self.extra_headers {
             for v in headers.get_all(name) {
-                any = true;
-                who = Some(self.lookup(v.as_bytes())?);
+                out.push(Zeroizing::new(v.as_bytes().to_vec()));
             }
         }
         for v in headers.get_all(header::AUTHORIZATION) {
-            any = true;
-            let key = credential_from_authorization(v.as_bytes())?;
-            who = Some(self.lookup(&key)?);
+            out.push(credential_from_authorization(v.as_bytes())?);
         }
-        if any { who } else { None }
+        if out.is_empty() { None } else { Some(out) }
+    }
+
+    /// Checks the request's credentials against the static keys only;
+    /// `Some(key id)` if all of them are valid and there is at least one.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Option<&str> {
+        let creds = self.credentials(headers)?;
+        let mut who = None;
+        for c in &creds {
+            who = Some(self.lookup(c)?);
+        }
+        who
     }
 }
 

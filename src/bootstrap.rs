@@ -123,15 +123,15 @@ pub async fn open_store(loc: &Location, pg: &PgSettings) -> Result<Arc<dyn Store
 
 /// Opens the store and everything around it.
 pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
-    let loc = match &cfg.database_url {
-        Some(url) => Location::Database(url.clone()),
-        None => Location::DataDir(cfg.data_dir.clone()),
-    };
-    let store = open_store(&loc, &cfg.db.settings()).await?;
+    let loc = cfg.store.location();
+    let store = open_store(&loc, &cfg.store.db.settings()).await?;
 
     let mut stored_keys = store.data_keys().await?;
-    let (master, generated_master_key) =
-        resolve_master_key(cfg, stored_keys.is_empty(), cfg.database_url.is_none())?;
+    let (master, generated_master_key) = resolve_master_key(
+        cfg,
+        stored_keys.is_empty(),
+        cfg.store.database_url.is_none(),
+    )?;
     if stored_keys.is_empty() {
         let k = Keyring::new_wrapped_key(&master, 1)?;
         store.add_data_key(k).await?;
@@ -224,7 +224,7 @@ fn resolve_master_key(
     }
     let (file, explicit) = match &cfg.master_key_file {
         Some(f) => (f.clone(), true),
-        None if embedded => (cfg.data_dir.join(MASTER_KEY_FILE), false),
+        None if embedded => (cfg.store.data_dir.join(MASTER_KEY_FILE), false),
         None => {
             return Err(BootError::MasterKey(
                 "with --database-url the master key must be given explicitly \

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::bootstrap::{self, Location};
 use crate::config::{DbArgs, ServeConfig};
+use crate::http::ratelimit::FailLimiter;
 use crate::http::{self, AppState};
 use crate::path::{PathArg, SecretPath};
 
@@ -92,7 +93,7 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
     // keyring (master key material is gone).
     cfg.api_keys.clear();
     cfg.master_key = None;
-    cfg.database_url = None;
+    cfg.store.database_url = None;
     if let Some(p) = &opened.generated_master_key {
         tracing::warn!(
             file = %p.display(),
@@ -109,6 +110,11 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
         service: opened.service,
         api_keys: opened.api_keys,
         max_body_bytes: cfg.max_body_bytes,
+        limiter: std::sync::Arc::new(FailLimiter::new(
+            cfg.auth_fail_limit,
+            cfg.auth_fail_window,
+            100_000,
+        )),
     };
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {

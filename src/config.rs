@@ -42,9 +42,8 @@ pub struct ServeConfig {
     #[arg(long, env = "SECRETD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
 
-    /// Directory holding the embedded database (created 0700).
-    #[arg(long, env = "SECRETD_DATA_DIR", default_value = "./secretd-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// File holding the 32-byte master key, base64. Default: SECRETD_MASTER_KEY,
     /// else <data-dir>/master.key (generated on first run).
@@ -75,14 +74,14 @@ pub struct ServeConfig {
     )]
     pub auth_headers: Vec<String>,
 
-    /// PostgreSQL URL (postgres://user:pass@host/db?sslmode=...). When set,
-    /// secrets live there instead of the embedded store, and the master key
-    /// must be given explicitly (every replica needs the same one).
-    #[arg(long, env = "SECRETD_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<SecretString>,
+    /// Failed authentications allowed per client address within the window
+    /// before it gets 429 (0 disables the limit).
+    #[arg(long, env = "SECRETD_AUTH_FAIL_LIMIT", default_value_t = 20)]
+    pub auth_fail_limit: u32,
 
-    #[command(flatten)]
-    pub db: DbArgs,
+    /// The window of --auth-fail-limit (e.g. 1m).
+    #[arg(long, env = "SECRETD_AUTH_FAIL_WINDOW", default_value = "1m", value_parser = parse_duration)]
+    pub auth_fail_window: Duration,
 
     /// After SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "SECRETD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -95,6 +94,33 @@ pub struct ServeConfig {
     /// Largest accepted secret value, in bytes.
     #[arg(long, env = "SECRETD_MAX_VALUE_BYTES", default_value_t = 64 * 1024)]
     pub max_value_bytes: usize,
+}
+
+/// Where the store is: the embedded data dir, or a PostgreSQL URL. Shared
+/// by `serve` and every command that opens the store.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Directory holding the embedded database (created 0700).
+    #[arg(long, env = "SECRETD_DATA_DIR", default_value = "./secretd-data")]
+    pub data_dir: PathBuf,
+
+    /// PostgreSQL URL (postgres://user:pass@host/db?sslmode=...). When set,
+    /// secrets live there instead of the embedded store, and the master key
+    /// must be given explicitly (every replica needs the same one).
+    #[arg(long, env = "SECRETD_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+impl StoreArgs {
+    pub fn location(&self) -> crate::bootstrap::Location {
+        match &self.database_url {
+            Some(url) => crate::bootstrap::Location::Database(url.clone()),
+            None => crate::bootstrap::Location::DataDir(self.data_dir.clone()),
+        }
+    }
 }
 
 /// PostgreSQL pool and timeout settings.
@@ -149,13 +175,17 @@ impl ServeConfig {
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
         ServeConfig {
             listen: "127.0.0.1:0".into(),
-            data_dir,
+            store: StoreArgs {
+                data_dir,
+                database_url: None,
+                db: DbArgs::default(),
+            },
+            auth_fail_limit: 20,
+            auth_fail_window: Duration::from_secs(60),
             master_key_file: None,
             master_key: None,
             api_keys: Vec::new(),
             auth_headers: Vec::new(),
-            database_url: None,
-            db: DbArgs::default(),
             shutdown_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
             max_value_bytes: 64 * 1024,

@@ -30,6 +30,15 @@ pub enum Error {
     NothingToDelete(String),
     #[error("missing or invalid API key")]
     Unauthorized,
+    /// Authenticated, but the role or scope does not allow it (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many failed authentications from this client (429).
+    #[error("too many failed authentication attempts; retry later")]
+    RateLimited { retry_after_secs: u64 },
+    /// A name already taken (409).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{message}")]
     TooLarge { code: &'static str, message: String },
     #[error("Content-Type must be application/json")]
@@ -67,6 +76,9 @@ impl Error {
             | Error::NothingToDelete(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) | Error::RouteNotFound => StatusCode::NOT_FOUND,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -82,6 +94,9 @@ impl Error {
             Error::BadRequest { code, .. } | Error::TooLarge { code, .. } => code,
             Error::NotFound(_) | Error::NothingToDelete(_) => "not_found",
             Error::Unauthorized => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Conflict(_) => "conflict",
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::MethodNotAllowed => "method_not_allowed",
             Error::RouteNotFound => "route_not_found",
@@ -96,6 +111,7 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(d) => Error::Unavailable(d),
+            StoreError::Conflict(m) => Error::Conflict(m),
             StoreError::Corrupt(detail) => Error::Corrupt {
                 path: None,
                 version: None,
@@ -141,11 +157,20 @@ impl IntoResponse for Error {
             },
         };
         let mut r = json_response(self.status(), &body);
-        if matches!(self, Error::Unauthorized) {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(r#"Bearer realm="secretd", Basic realm="secretd""#),
-            );
+        match self {
+            Error::Unauthorized => {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="secretd", Basic realm="secretd""#),
+                );
+            }
+            Error::RateLimited { retry_after_secs } => {
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(1)),
+                );
+            }
+            _ => {}
         }
         r
     }

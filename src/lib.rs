@@ -4,7 +4,9 @@
 //! Dependencies point one way: `http` -> `service` -> `store` / `crypto`;
 //! `path` and `error` are shared vocabulary.
 
+pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;

@@ -1,14 +1,25 @@
-//! The one service object: store + keyring + limits. HTTP handlers and the
-//! CLI both call it; it knows nothing about HTTP.
+//! The one service object: store + keyring + limits + audit sink. HTTP
+//! handlers and the CLI both call it; it knows nothing about HTTP.
+//!
+//! Every operation takes the caller's [`RequestCtx`] and checks it with
+//! `authz` on the same parsed path the store will use. Successful writes
+//! carry their audit record into the store's transaction; everything else
+//! is audited by the caller through [`Service::audit`] (batched).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::crypto::Keyring;
+use crate::audit::AuditRecord;
+use crate::auth::KeyHash;
+use crate::authz::{Action, Denied, Principal, Role, Scope};
+use crate::crypto::{Keyring, random_bytes};
 use crate::error::Error;
-use crate::path::{SecretPath, Version};
-use crate::store::Store;
+use crate::path::{PathArg, SecretPath, Version};
+use crate::store::{ListItem, PutMode, Store, StoreError, TokenRow, VersionMeta, WriteCtx, now_ms};
 
 /// Domain limits.
 #[derive(Debug, Clone, Copy)]
@@ -34,10 +45,142 @@ pub struct SecretValue {
     pub created_at_ms: i64,
 }
 
+/// Who is asking, for authorization and the audit record.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    pub principal: Principal,
+    pub request_id: String,
+    pub client: Option<String>,
+}
+
+impl RequestCtx {
+    /// The context of a CLI command run by the operator.
+    pub fn operator() -> Self {
+        RequestCtx {
+            principal: Principal::static_key("cli"),
+            request_id: "cli".into(),
+            client: None,
+        }
+    }
+
+    /// An audit record for this request.
+    pub fn record(
+        &self,
+        operation: &str,
+        path: Option<&str>,
+        version: Option<i64>,
+        status: u16,
+    ) -> AuditRecord {
+        AuditRecord {
+            time_ms: now_ms(),
+            request_id: self.request_id.clone(),
+            token_id: Some(self.principal.id.clone()),
+            token_name: Some(self.principal.name.clone()),
+            client: self.client.clone(),
+            operation: operation.to_owned(),
+            path: path.map(str::to_owned),
+            version,
+            outcome: outcome_of(status).to_owned(),
+            status,
+        }
+    }
+}
+
+/// The audit outcome word for an HTTP status.
+pub fn outcome_of(status: u16) -> &'static str {
+    match status {
+        200..=299 => "ok",
+        401 => "unauthenticated",
+        403 => "denied",
+        404 => "not_found",
+        429 => "rate_limited",
+        400..=499 => "invalid",
+        _ => "error",
+    }
+}
+
+/// A page of a listing.
+#[derive(Debug)]
+pub struct ListPage {
+    pub items: Vec<ListItem>,
+    /// Pass back as `after` for the next page; `None` at the end.
+    pub next_after: Option<String>,
+}
+
+/// A token as shown to admins (never the token itself).
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub row: TokenRow,
+    pub role: Role,
+    pub scopes: Vec<Scope>,
+}
+
+/// A new token: shown once.
+#[derive(Debug)]
+pub struct NewToken {
+    pub token: Zeroizing<String>,
+    pub info: TokenInfo,
+}
+
+fn token_info(row: TokenRow) -> Result<TokenInfo, Error> {
+    let corrupt = |what: &str| Error::Internal(format!("token {}: malformed {what}", row.id));
+    let role = row.role.parse::<Role>().map_err(|_| corrupt("role"))?;
+    let scopes = row
+        .scopes
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(Scope::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| corrupt("scope"))?;
+    Ok(TokenInfo { row, role, scopes })
+}
+
+impl From<Denied> for Error {
+    fn from(d: Denied) -> Self {
+        Error::Forbidden(d.to_string())
+    }
+}
+
+/// Batches audit records for reads and refusals: one store transaction for
+/// all records queued while the previous one committed.
+struct AuditSink {
+    tx: mpsc::UnboundedSender<(AuditRecord, oneshot::Sender<Result<(), StoreError>>)>,
+}
+
+impl AuditSink {
+    fn start(store: Arc<dyn Store>) -> Self {
+        let (tx, mut rx) =
+            mpsc::unbounded_channel::<(AuditRecord, oneshot::Sender<Result<(), StoreError>>)>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 1024 {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let (records, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let result = store.append_audit(records).await;
+                for r in replies {
+                    let _ = r.send(match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(StoreError::Unavailable(format!("audit append failed: {e}"))),
+                    });
+                }
+            }
+        });
+        AuditSink { tx }
+    }
+}
+
 pub struct Service {
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
     limits: Limits,
+    audit: AuditSink,
+    /// When each token's `last_used_at` was last written (throttle).
+    touched: Mutex<HashMap<String, i64>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -49,12 +192,19 @@ impl std::fmt::Debug for Service {
     }
 }
 
+/// How often `last_used_at` is written per token, at most.
+const TOUCH_EVERY_MS: i64 = 60_000;
+
 impl Service {
+    /// Must be called inside a Tokio runtime (starts the audit batcher).
     pub fn new(store: Arc<dyn Store>, keyring: Keyring, limits: Limits) -> Self {
+        let audit = AuditSink::start(Arc::clone(&store));
         Service {
             store,
             keyring: Arc::new(keyring),
             limits,
+            audit,
+            touched: Mutex::new(HashMap::new()),
         }
     }
 
@@ -62,9 +212,34 @@ impl Service {
         self.limits
     }
 
+    /// Appends an audit record (batched with others) and waits until it is
+    /// committed. Fails closed: an error here must stop the response.
+    pub async fn audit(&self, record: AuditRecord) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.audit
+            .tx
+            .send((record, tx))
+            .map_err(|_| Error::Unavailable("audit sink stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("audit sink stopped".into()))??;
+        Ok(())
+    }
+
     /// Stores `value` as the next version of `path`; returns that version
-    /// once it is on stable storage.
-    pub async fn put(&self, path: SecretPath, value: Zeroizing<String>) -> Result<Version, Error> {
+    /// once it (and its audit record) is on stable storage.
+    pub async fn put(
+        &self,
+        ctx: &RequestCtx,
+        path: SecretPath,
+        value: Zeroizing<String>,
+    ) -> Result<Version, Error> {
+        let p = &ctx.principal;
+        let mode = if p.check_secret(Action::Create, &path).is_ok() {
+            PutMode::Any
+        } else {
+            p.check_secret(Action::WriteExisting, &path)?;
+            PutMode::ExistingOnly
+        };
         if value.len() > self.limits.max_value_bytes {
             return Err(Error::TooLarge {
                 code: "value_too_large",
@@ -74,15 +249,29 @@ impl Service {
         let keyring = Arc::clone(&self.keyring);
         let seal_path = path.clone();
         let seal = Box::new(move |v: Version| keyring.seal(&seal_path, v, value.as_bytes()));
-        Ok(self.store.put(path, seal).await?)
+        let wctx = WriteCtx {
+            actor: p.id.clone(),
+            audit: ctx.record("secret.write", Some(path.as_str()), None, 200),
+        };
+        match self.store.put(path, seal, mode, wctx).await {
+            Err(StoreError::NoLiveVersion) => Err(Denied::Role {
+                have: p.role,
+                need: Role::Admin,
+                action: "create new secrets (this path has no live version)",
+            }
+            .into()),
+            other => Ok(other?),
+        }
     }
 
     /// The newest live version, or one exact live version.
     pub async fn get(
         &self,
+        ctx: &RequestCtx,
         path: &SecretPath,
         version: Option<Version>,
     ) -> Result<SecretValue, Error> {
+        ctx.principal.check_secret(Action::ReadValue, path)?;
         let Some(row) = self.store.get(path, version).await? else {
             return Err(Error::NotFound(match version {
                 Some(_) => "this version of the secret does not exist or was deleted".into(),
@@ -115,22 +304,276 @@ impl Service {
     /// versions deleted; [`Error::NothingToDelete`] if none was live.
     pub async fn delete(
         &self,
+        ctx: &RequestCtx,
         path: SecretPath,
         version: Option<Version>,
     ) -> Result<Vec<Version>, Error> {
+        ctx.principal.check_secret(Action::Delete, &path)?;
         let message = match version {
             Some(_) => "this version of the secret does not exist or was already deleted",
             None => "the secret does not exist or has no live version",
         };
-        let deleted = self.store.delete(path, version).await?;
+        let record = ctx.record(
+            "secret.delete",
+            Some(path.as_str()),
+            version.map(Version::as_i64),
+            200,
+        );
+        let deleted = self
+            .store
+            .delete(
+                path,
+                version,
+                WriteCtx {
+                    actor: ctx.principal.id.clone(),
+                    audit: record,
+                },
+            )
+            .await?;
         if deleted.is_empty() {
             return Err(Error::NothingToDelete(message.into()));
         }
         Ok(deleted)
     }
 
+    /// The secrets below `prefix` the caller may see, `limit` at most, after
+    /// the path `after`.
+    pub async fn list(
+        &self,
+        ctx: &RequestCtx,
+        prefix: &PathArg,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<ListPage, Error> {
+        let p = &ctx.principal;
+        p.check_role(Action::See)?;
+        let prefix = match prefix {
+            PathArg::Root => Scope::root(),
+            PathArg::Secret(s) => Scope::parse(s.as_str())?,
+        };
+        // A prefix disjoint from every scope can show nothing: say so.
+        if p.scopes.is_empty() {
+            return Err(Denied::NoScope.into());
+        }
+        if !p
+            .scopes
+            .iter()
+            .any(|s| s.contains(&prefix) || prefix.contains(s))
+        {
+            return Err(Denied::Scope.into());
+        }
+        let mut items = Vec::with_capacity(limit.min(1024));
+        let mut after = after;
+        loop {
+            let batch = self
+                .store
+                .list(prefix.as_str(), after.as_deref(), limit)
+                .await?;
+            let exhausted = batch.len() < limit;
+            for item in batch {
+                after = Some(item.path.clone());
+                if p.check_scope(&item.path).is_ok() {
+                    items.push(item);
+                    if items.len() == limit {
+                        return Ok(ListPage {
+                            items,
+                            next_after: after,
+                        });
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(ListPage {
+                    items,
+                    next_after: None,
+                });
+            }
+        }
+    }
+
+    /// Every version of a secret, without values.
+    pub async fn metadata(
+        &self,
+        ctx: &RequestCtx,
+        path: &SecretPath,
+    ) -> Result<Vec<VersionMeta>, Error> {
+        ctx.principal.check_secret(Action::See, path)?;
+        let versions = self.store.metadata(path).await?;
+        if versions.is_empty() {
+            return Err(Error::NotFound("the secret does not exist".into()));
+        }
+        Ok(versions)
+    }
+
+    /// The principal a managed token authenticates as: `None` if unknown,
+    /// revoked or expired (all the same to the caller).
+    pub async fn principal_for_token(&self, presented: &[u8]) -> Result<Option<Principal>, Error> {
+        let hash = KeyHash::of(presented);
+        let Some(row) = self.store.token_by_hash(hash.as_bytes()).await? else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        if row.revoked_at.is_some() || row.expires_at.is_some_and(|e| e <= now) {
+            return Ok(None);
+        }
+        let info = token_info(row)?;
+        self.touch(&info.row.id, now);
+        Ok(Some(Principal {
+            id: info.row.id,
+            name: info.row.name,
+            role: info.role,
+            scopes: info.scopes,
+        }))
+    }
+
+    /// Writes `last_used_at`, at most once a minute per token, off the
+    /// request path.
+    fn touch(&self, id: &str, now: i64) {
+        let due = match self.touched.lock() {
+            Ok(mut m) => {
+                if m.len() > 100_000 {
+                    m.clear();
+                }
+                let last = m.get(id).copied().unwrap_or(i64::MIN);
+                let due = now.saturating_sub(last) >= TOUCH_EVERY_MS;
+                if due {
+                    m.insert(id.to_owned(), now);
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due {
+            let store = Arc::clone(&self.store);
+            let id = id.to_owned();
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_token(id, now).await {
+                    tracing::debug!(error = %e, "could not record token use");
+                }
+            });
+        }
+    }
+
+    /// Creates a token with `role` over `scopes`, within the caller's own
+    /// scope. The token is returned once; only its hash is stored.
+    pub async fn create_token(
+        &self,
+        ctx: &RequestCtx,
+        name: &str,
+        role: Role,
+        scopes: Vec<Scope>,
+        ttl: Option<Duration>,
+    ) -> Result<NewToken, Error> {
+        let p = &ctx.principal;
+        p.check_role(Action::ManageTokens)?;
+        if p.scopes.is_empty() {
+            return Err(Denied::NoScope.into());
+        }
+        if let Some(s) = scopes.iter().find(|s| !p.covers_scope(s)) {
+            return Err(Error::Forbidden(format!(
+                "scope {s} is outside this token's scope"
+            )));
+        }
+        validate_token_name(name)?;
+        let mut raw = Zeroizing::new([0u8; 32]);
+        random_bytes(raw.as_mut()).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut token = Zeroizing::new(String::with_capacity(47));
+        token.push_str("sdt_");
+        base64::Engine::encode_string(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            raw.as_ref(),
+            &mut token,
+        );
+        let mut idb = [0u8; 8];
+        random_bytes(&mut idb).map_err(|e| Error::Internal(e.to_string()))?;
+        let now = now_ms();
+        let ttl_ms = ttl.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+        let row = TokenRow {
+            id: format!("tok_{}", crate::audit::to_hex(&idb)),
+            name: name.to_owned(),
+            hash: KeyHash::of(token.as_bytes()).as_bytes().to_vec(),
+            role: role.as_str().to_owned(),
+            scopes: scopes
+                .iter()
+                .map(Scope::as_str)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            created_at: now,
+            created_by: p.id.clone(),
+            expires_at: ttl_ms.map(|t| now.saturating_add(t)),
+            last_used_at: None,
+            revoked_at: None,
+        };
+        let mut record = ctx.record("token.create", None, None, 201);
+        record.path = Some(format!("token:{}", row.id));
+        match self.store.create_token(row.clone(), record).await {
+            Err(StoreError::Conflict(m)) => return Err(Error::Conflict(m)),
+            other => other?,
+        }
+        Ok(NewToken {
+            token,
+            info: TokenInfo { row, role, scopes },
+        })
+    }
+
+    /// Tokens whose every scope lies within the caller's scope.
+    pub async fn list_tokens(&self, ctx: &RequestCtx) -> Result<Vec<TokenInfo>, Error> {
+        let p = &ctx.principal;
+        p.check_role(Action::ManageTokens)?;
+        let mut out = Vec::new();
+        for row in self.store.tokens().await? {
+            let info = token_info(row)?;
+            if !info.scopes.is_empty() && info.scopes.iter().all(|s| p.covers_scope(s)) {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Revokes a token by id or name, if it lies within the caller's scope.
+    pub async fn revoke_token(
+        &self,
+        ctx: &RequestCtx,
+        id_or_name: &str,
+    ) -> Result<TokenInfo, Error> {
+        let visible = self.list_tokens(ctx).await?;
+        let Some(t) = visible
+            .into_iter()
+            .find(|t| t.row.id == id_or_name || t.row.name == id_or_name)
+        else {
+            return Err(Error::NotFound(
+                "no such token within this token's scope".into(),
+            ));
+        };
+        if t.row.revoked_at.is_some() {
+            return Err(Error::NotFound("the token is already revoked".into()));
+        }
+        let mut record = ctx.record("token.revoke", None, None, 200);
+        record.path = Some(format!("token:{}", t.row.id));
+        match self.store.revoke_token(t.row.id.clone(), record).await? {
+            Some(row) => token_info(row),
+            None => Err(Error::NotFound("the token is already revoked".into())),
+        }
+    }
+
     /// Whether the store answers (for `/readyz`).
     pub async fn ready(&self) -> Result<(), Error> {
         Ok(self.store.ping().await?)
+    }
+}
+
+fn validate_token_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::bad_request(
+            "invalid_field",
+            "token name must be 1-64 characters of A-Z a-z 0-9 - _ . @",
+        ))
     }
 }

@@ -48,8 +48,8 @@ async fn real_database_restart_under_load() {
     };
     let (acquire, statement) = (Duration::from_secs(1), Duration::from_secs(2));
     let s = TestServer::start_with(Backend::Postgres(db.url.clone()), |c| {
-        c.db.db_acquire_timeout = acquire;
-        c.db.db_statement_timeout = statement;
+        c.store.db.db_acquire_timeout = acquire;
+        c.store.db.db_statement_timeout = statement;
     })
     .await;
     let limit = acquire + statement + Duration::from_secs(1);

@@ -50,7 +50,11 @@ fn too_large(max: usize) -> Error {
 /// Reads and decodes a JSON body of at most `max` bytes. A declared
 /// `Content-Length` over the limit is refused before reading anything; a
 /// chunked body is cut off at the limit.
-pub async fn read_json(headers: &HeaderMap, body: Body, max: usize) -> Result<SecretBody, Error> {
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+) -> Result<T, Error> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let mime = ct
             .to_str()
@@ -88,19 +92,19 @@ pub async fn read_json(headers: &HeaderMap, body: Body, max: usize) -> Result<Se
     parsed
 }
 
-fn decode(bytes: &[u8]) -> Result<SecretBody, Error> {
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::bad_request(
             "invalid_json",
             "request body is empty; send a JSON object",
         ));
     }
-    serde_json::from_slice::<SecretBody>(bytes).map_err(|e| {
+    serde_json::from_slice::<T>(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
             Category::Data => {
                 let msg = e.to_string();
-                for field in ["path", "value", "version"] {
+                for field in ["path", "value", "version", "name", "role", "scopes", "ttl"] {
                     if msg.starts_with(&format!("duplicate field `{field}`")) {
                         return Error::bad_request(
                             "invalid_json",
@@ -149,41 +153,130 @@ pub fn optional_version(field: Option<&RawValue>) -> Result<Option<Version>, Err
     }
 }
 
+/// The body of `POST /v1/tokens`.
+#[derive(Deserialize)]
+pub struct TokenBody {
+    pub name: Option<Value>,
+    pub role: Option<Value>,
+    pub scopes: Option<Value>,
+    pub ttl: Option<Value>,
+}
+
+/// A required array of strings.
+pub fn required_strings(field: Option<Value>, name: &'static str) -> Result<Vec<String>, Error> {
+    let bad = || {
+        Error::bad_request(
+            "invalid_field",
+            format!("field `{name}` must be an array of strings"),
+        )
+    };
+    match field {
+        None => Err(Error::bad_request(
+            "missing_field",
+            format!("field `{name}` is required"),
+        )),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(bad()),
+            })
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// What `GET /secrets` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadKind {
+    Value,
+    List,
+    Metadata,
+}
+
 /// The query of `GET /secrets`.
 #[derive(Debug)]
 pub struct SecretQuery {
     pub path: String,
     pub version: Option<Version>,
+    pub kind: ReadKind,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
 }
 
+fn flag(v: Option<String>, name: &str) -> Result<bool, Error> {
+    match v.as_deref() {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(_) => Err(Error::bad_request(
+            "invalid_query",
+            format!("query parameter `{name}` must be true or false"),
+        )),
+    }
+}
+
+/// Most items a listing page may hold.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
 impl SecretQuery {
-    /// Parses `path` (required) and `version` (optional); either given twice
-    /// is refused. Other parameters are ignored (an API key there is never
-    /// read).
+    /// Parses `path` (required), `version`, `list`, `metadata`, `limit` and
+    /// `cursor`; any of them given twice is refused. Other parameters are
+    /// ignored (an API key there is never read).
     pub fn parse(raw: Option<&str>) -> Result<Self, Error> {
-        let mut path = None;
-        let mut version = None;
+        const NAMES: [&str; 6] = ["path", "version", "list", "metadata", "limit", "cursor"];
+        let mut vals: [Option<String>; 6] = Default::default();
         // RFC 3986 query: `+` is a literal plus (a valid path character),
         // not a space as in HTML forms.
         let raw = raw.unwrap_or("").replace('+', "%2B");
         for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
-            let slot = match k.as_ref() {
-                "path" => &mut path,
-                "version" => &mut version,
-                _ => continue,
+            let Some(i) = NAMES.iter().position(|n| *n == k.as_ref()) else {
+                continue;
             };
-            if slot.is_some() {
+            if vals[i].is_some() {
                 return Err(Error::bad_request(
                     "invalid_query",
-                    format!("query parameter `{k}` is given more than once"),
+                    format!("query parameter `{}` is given more than once", NAMES[i]),
                 ));
             }
-            *slot = Some(v.into_owned());
+            vals[i] = Some(v.into_owned());
         }
+        let [path, version, list, metadata, limit, cursor] = vals;
         let path = path.ok_or_else(|| {
             Error::bad_request("missing_parameter", "query parameter `path` is required")
         })?;
         let version = version.as_deref().map(Version::parse).transpose()?;
-        Ok(SecretQuery { path, version })
+        let kind = match (flag(list, "list")?, flag(metadata, "metadata")?) {
+            (false, false) => ReadKind::Value,
+            (true, false) => ReadKind::List,
+            (false, true) => ReadKind::Metadata,
+            (true, true) => {
+                return Err(Error::bad_request(
+                    "invalid_query",
+                    "`list` and `metadata` cannot be combined",
+                ));
+            }
+        };
+        if kind != ReadKind::Value && version.is_some() {
+            return Err(Error::bad_request(
+                "invalid_query",
+                "`version` cannot be combined with `list` or `metadata`",
+            ));
+        }
+        let limit = limit
+            .map(|l| match l.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
+                _ => Err(Error::bad_request(
+                    "invalid_query",
+                    format!("`limit` must be 1 to {MAX_LIST_LIMIT}"),
+                )),
+            })
+            .transpose()?;
+        Ok(SecretQuery {
+            path,
+            version,
+            kind,
+            limit,
+            cursor,
+        })
     }
 }

@@ -1,20 +1,46 @@
-//! Request middleware: the per-request log line and API-key check.
+//! Request middleware: request id and log line, authentication (with the
+//! failed-auth limiter), and the audit record of every API request.
 
-use std::sync::OnceLock;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use crate::audit::AuditRecord;
+use crate::authz::Principal;
 use crate::error::Error;
+use crate::service::{RequestCtx, outcome_of};
+use crate::store::now_ms;
 
-/// The id of the key that authenticated a request, for the log line.
+/// The id of the key or token that authenticated a request, for the log.
 #[derive(Clone, Debug)]
 pub struct KeyId(pub String);
+
+/// This request's id (also in the `X-Request-Id` response header).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// What a handler learned while parsing, for the audit record.
+#[derive(Debug, Default)]
+pub struct AuditInfo {
+    pub operation: Option<&'static str>,
+    pub path: Option<String>,
+    pub version: Option<i64>,
+}
+
+pub type AuditSlot = Arc<Mutex<AuditInfo>>;
+
+/// Marks a response whose audit record was committed in the same
+/// transaction as its write: the audit layer adds none.
+#[derive(Clone, Copy, Debug)]
+pub struct Audited;
 
 /// A request id: a random per-process prefix and a counter, 16 hex digits.
 fn next_request_id() -> String {
@@ -33,9 +59,10 @@ fn next_request_id() -> String {
 /// Outermost layer: assigns a request id, marks every response
 /// `Cache-Control: no-store`, and logs one line per request with the matched
 /// route (never the raw URI: the query holds paths) and the key id.
-pub async fn request_log(req: Request, next: Next) -> Response {
+pub async fn request_log(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = next_request_id();
+    req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let route = req
         .extensions()
@@ -61,13 +88,178 @@ pub async fn request_log(req: Request, next: Next) -> Response {
     res
 }
 
-/// Refuses requests without a valid API key (401), before anything else
-/// about the request is looked at.
-pub async fn require_key(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(key_id) = s.api_keys.authenticate(req.headers()).map(str::to_owned) else {
-        return Error::Unauthorized.into_response();
+fn client_addr(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+/// The principal all of the request's credentials resolve to (static keys
+/// first, then managed tokens); `None` if any of them does not.
+async fn resolve(s: &AppState, headers: &HeaderMap) -> Result<Option<Principal>, Error> {
+    let Some(creds) = s.api_keys.credentials(headers) else {
+        return Ok(None);
     };
+    let mut who = None;
+    for c in &creds {
+        let p = match s.api_keys.lookup(c) {
+            Some(id) => Principal::static_key(id),
+            None => match s.service.principal_for_token(c).await? {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        who.get_or_insert(p);
+    }
+    Ok(who)
+}
+
+/// Authenticates the request (401 if not, 429 if its address failed too
+/// often) and hands the principal to the handler and the audit layer.
+pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let ip = client_addr(&req).map(|a| a.ip());
+    if let Some(ip) = ip
+        && let Err(secs) = s.limiter.check(ip)
+    {
+        return Error::RateLimited {
+            retry_after_secs: secs,
+        }
+        .into_response();
+    }
+    let headers = req.headers().clone();
+    let principal = match resolve(&s, &headers).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            if let Some(ip) = ip {
+                s.limiter.fail(ip);
+            }
+            return Error::Unauthorized.into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
+    req.extensions_mut().insert(principal.clone());
     let mut res = next.run(req).await;
-    res.extensions_mut().insert(KeyId(key_id));
+    res.extensions_mut().insert(KeyId(principal.id.clone()));
+    res.extensions_mut().insert(principal);
     res
+}
+
+fn default_operation(method: &Method, route: &str) -> &'static str {
+    match (route.starts_with("/v1/tokens"), method.as_str()) {
+        (false, "GET" | "HEAD") => "secret.read",
+        (false, "PUT") => "secret.write",
+        (false, "DELETE") => "secret.delete",
+        (false, _) => "secret.other",
+        (true, "GET") => "token.list",
+        (true, "POST") => "token.create",
+        (true, "DELETE") => "token.revoke",
+        (true, _) => "token.other",
+    }
+}
+
+/// Appends one audit record for every request that reaches the secrets or
+/// token API, unless its write already committed one. Fails closed: if the
+/// record cannot be stored, the response (and any value in it) is replaced
+/// by a 503.
+pub async fn audit(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let slot: AuditSlot = Arc::default();
+    req.extensions_mut().insert(Arc::clone(&slot));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    let default_op = default_operation(req.method(), &route);
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let client = client_addr(&req).map(|a| a.to_string());
+    let res = next.run(req).await;
+    if res.extensions().get::<Audited>().is_some() {
+        return res;
+    }
+    let principal = res.extensions().get::<Principal>();
+    let status = res.status().as_u16();
+    let (operation, path, version) = match slot.lock() {
+        Ok(mut i) => (i.operation.unwrap_or(default_op), i.path.take(), i.version),
+        Err(_) => (default_op, None, None),
+    };
+    let record = AuditRecord {
+        time_ms: now_ms(),
+        request_id,
+        token_id: principal.map(|p| p.id.clone()),
+        token_name: principal.map(|p| p.name.clone()),
+        client,
+        operation: operation.to_owned(),
+        path,
+        version,
+        outcome: outcome_of(status).to_owned(),
+        status,
+    };
+    match s.service.audit(record).await {
+        Ok(()) => res,
+        Err(e) => {
+            tracing::error!(error = %e, "audit record could not be stored; refusing the response");
+            Error::Unavailable("audit log unavailable".into()).into_response()
+        }
+    }
+}
+
+/// What a handler needs about its caller: the request context for the
+/// service, and the slot to describe the request for the audit record.
+#[derive(Debug)]
+pub struct Ctx {
+    pub req: RequestCtx,
+    pub audit: AuditSlot,
+}
+
+impl Ctx {
+    /// Records the operation, path and version for the audit record.
+    pub fn note(&self, operation: &'static str, path: Option<&str>, version: Option<i64>) {
+        if let Ok(mut i) = self.audit.lock() {
+            i.operation = Some(operation);
+            if path.is_some() {
+                i.path = path.map(str::to_owned);
+            }
+            if version.is_some() {
+                i.version = version;
+            }
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Ctx {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _s: &AppState) -> Result<Self, Self::Rejection> {
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or(Error::Unauthorized)?;
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.to_string());
+        let audit = parts
+            .extensions
+            .get::<AuditSlot>()
+            .cloned()
+            .unwrap_or_default();
+        Ok(Ctx {
+            req: RequestCtx {
+                principal,
+                request_id,
+                client,
+            },
+            audit,
+        })
+    }
 }

@@ -7,12 +7,13 @@
 mod body;
 mod handlers;
 mod middleware;
+pub mod ratelimit;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{MethodRouter, delete, get};
 use tokio::net::TcpListener;
 
 use crate::auth::ApiKeys;
@@ -25,27 +26,50 @@ pub struct AppState {
     pub api_keys: Arc<ApiKeys>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Failed authentications per client address.
+    pub limiter: Arc<ratelimit::FailLimiter>,
 }
 
 /// The one route table.
 pub fn router(state: AppState) -> Router {
-    let secrets = get(handlers::get_secret)
-        .put(handlers::put_secret)
-        .delete(handlers::delete_secret)
-        .fallback(|| async { handlers::method_not_allowed("GET, PUT, DELETE") })
+    // Inner to outer: authenticate, then audit (so 401s and 429s are audited).
+    let api = |r: MethodRouter<AppState>| {
+        r.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            middleware::require_key,
-        ));
+            middleware::audit,
+        ))
+    };
+    let not_allowed =
+        |allow: &'static str| move || async move { handlers::method_not_allowed(allow) };
     Router::new()
-        .route("/secrets", secrets)
+        .route(
+            "/secrets",
+            api(get(handlers::get_secret)
+                .put(handlers::put_secret)
+                .delete(handlers::delete_secret)
+                .fallback(not_allowed("GET, PUT, DELETE"))),
+        )
+        .route(
+            "/v1/tokens",
+            api(get(handlers::list_tokens)
+                .post(handlers::create_token)
+                .fallback(not_allowed("GET, POST"))),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            api(delete(handlers::revoke_token).fallback(not_allowed("DELETE"))),
+        )
         .route(
             "/healthz",
-            get(handlers::healthz).fallback(|| async { handlers::method_not_allowed("GET") }),
+            get(handlers::healthz).fallback(not_allowed("GET")),
         )
         .route(
             "/readyz",
-            get(handlers::readyz).fallback(|| async { handlers::method_not_allowed("GET") }),
+            get(handlers::readyz).fallback(not_allowed("GET")),
         )
         .fallback(handlers::route_not_found)
         .layer(axum::middleware::from_fn(middleware::request_log))

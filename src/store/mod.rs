@@ -19,6 +19,7 @@ pub mod sqlite;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::audit::{AuditRecord, ChainedRecord};
 use crate::crypto::{CryptoError, WrappedKey};
 use crate::path::{SecretPath, Version};
 
@@ -46,6 +47,12 @@ pub enum StoreError {
     /// A row that breaks the schema's invariants.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// `PutMode::ExistingOnly` on a path with no live version.
+    #[error("the secret has no live version")]
+    NoLiveVersion,
+    /// A unique name already taken (e.g. a token name).
+    #[error("{0}")]
+    Conflict(String),
     /// An import into a store that already holds data.
     #[error("the target store is not empty ({0}); pass --replace to overwrite it")]
     NotEmpty(String),
@@ -81,6 +88,56 @@ pub fn db_version(path: &SecretPath, v: i64) -> Result<Version, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("{path}: version {v} out of range")))
 }
 
+/// Whether a PUT may create a secret or only add a version to one that has
+/// a live version (an editor's right).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    Any,
+    ExistingOnly,
+}
+
+/// Who writes, and the audit record committed in the same transaction as
+/// the write (the store fills in the version a PUT allocated).
+#[derive(Debug, Clone)]
+pub struct WriteCtx {
+    pub actor: String,
+    pub audit: AuditRecord,
+}
+
+/// One secret in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListItem {
+    pub path: String,
+    pub latest_version: i64,
+    /// Creation time of the latest live version, ms.
+    pub updated_at: i64,
+}
+
+/// One version's metadata (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionMeta {
+    pub version: i64,
+    pub created_at: i64,
+    pub deleted_at: Option<i64>,
+    pub created_by: Option<String>,
+}
+
+/// A managed token as stored (its SHA-256 only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub id: String,
+    pub name: String,
+    pub hash: Vec<u8>,
+    pub role: String,
+    /// Canonical scope prefixes, one per line.
+    pub scopes: String,
+    pub created_at: i64,
+    pub created_by: String,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
 /// Every row of a store, as stored: envelopes are copied, never opened.
 /// Used by `secretd migrate`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -88,6 +145,8 @@ pub struct Dump {
     pub secrets: Vec<SecretRow>,
     pub versions: Vec<VersionRow>,
     pub data_keys: Vec<KeyRow>,
+    pub tokens: Vec<TokenRow>,
+    pub audit: Vec<ChainedRecord>,
     pub settings: Vec<(String, Vec<u8>)>,
 }
 
@@ -107,6 +166,7 @@ pub struct VersionRow {
     pub envelope: Option<Vec<u8>>,
     pub created_at: i64,
     pub deleted_at: Option<i64>,
+    pub created_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +186,8 @@ impl Dump {
             .sort_by(|a, b| (a.path.as_bytes(), a.version).cmp(&(b.path.as_bytes(), b.version)));
         self.data_keys.sort_by_key(|k| k.generation);
         self.settings.sort();
+        self.tokens.sort_by(|a, b| a.id.cmp(&b.id));
+        self.audit.sort_by_key(|r| r.seq);
     }
 
     /// SHA-256 over every row in canonical order, hex.
@@ -152,6 +214,28 @@ impl Dump {
             field(v.envelope.as_deref().unwrap_or(b"<tombstone>"));
             field(&v.created_at.to_be_bytes());
             field(&v.deleted_at.unwrap_or(-1).to_be_bytes());
+            field(v.created_by.as_deref().unwrap_or("").as_bytes());
+        }
+        for t in &d.tokens {
+            field(b"token");
+            for s in [&t.id, &t.name, &t.role, &t.scopes, &t.created_by] {
+                field(s.as_bytes());
+            }
+            field(&t.hash);
+            for n in [
+                Some(t.created_at),
+                t.expires_at,
+                t.last_used_at,
+                t.revoked_at,
+            ] {
+                field(&n.unwrap_or(-1).to_be_bytes());
+            }
+        }
+        for r in &d.audit {
+            field(b"audit");
+            field(&r.seq.to_be_bytes());
+            field(&r.prev_hash);
+            field(&r.hash);
         }
         for k in &d.data_keys {
             field(b"data_key");
@@ -176,7 +260,13 @@ impl Dump {
 pub trait Store: Send + Sync + 'static {
     /// Allocates the next version of `path`, seals the value for it and
     /// stores it durably. Returns the new version.
-    fn put(&self, path: SecretPath, seal: Sealer) -> BoxFuture<'_, Result<Version, StoreError>>;
+    fn put(
+        &self,
+        path: SecretPath,
+        seal: Sealer,
+        mode: PutMode,
+        ctx: WriteCtx,
+    ) -> BoxFuture<'_, Result<Version, StoreError>>;
 
     /// The newest live version of `path` (`version: None`) or that exact
     /// version if it is live. `None` if there is no such live version.
@@ -188,11 +278,66 @@ pub trait Store: Send + Sync + 'static {
 
     /// Tombstones every live version of `path` (`version: None`) or that one
     /// version. Returns the versions deleted; empty if nothing was live.
+    /// The audit record in `ctx` is committed only if something was deleted.
     fn delete(
         &self,
         path: SecretPath,
         version: Option<Version>,
+        ctx: WriteCtx,
     ) -> BoxFuture<'_, Result<Vec<Version>, StoreError>>;
+
+    /// Secrets strictly below `prefix` (or every secret for the root) with a
+    /// live version, in byte order of path, after `after`, at most `limit`.
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ListItem>, StoreError>>;
+
+    /// Every version of `path`, live or deleted, oldest first.
+    fn metadata<'a>(
+        &'a self,
+        path: &'a SecretPath,
+    ) -> BoxFuture<'a, Result<Vec<VersionMeta>, StoreError>>;
+
+    /// Appends records to the audit chain, durably, in one transaction.
+    fn append_audit(&self, records: Vec<AuditRecord>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Chained records with `seq > after`, in order, at most `limit`.
+    fn audit_page(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ChainedRecord>, StoreError>>;
+
+    /// Stores a new token (with its audit record); [`StoreError::Conflict`]
+    /// if the name is taken.
+    fn create_token(
+        &self,
+        token: TokenRow,
+        audit: AuditRecord,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The token with this SHA-256, revoked or not.
+    fn token_by_hash<'a>(
+        &'a self,
+        hash: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<TokenRow>, StoreError>>;
+
+    /// Every token.
+    fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, StoreError>>;
+
+    /// Revokes the live token with this id (with its audit record); `None`
+    /// if there is no such unrevoked token (and no record is written).
+    fn revoke_token(
+        &self,
+        id: String,
+        audit: AuditRecord,
+    ) -> BoxFuture<'_, Result<Option<TokenRow>, StoreError>>;
+
+    /// Records that a token was used (best effort, throttled by the caller).
+    fn touch_token(&self, id: String, at: i64) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// The wrapped data keys, every generation.
     fn data_keys(&self) -> BoxFuture<'_, Result<Vec<WrappedKey>, StoreError>>;

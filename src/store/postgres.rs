@@ -28,15 +28,19 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::error::SqlState;
 
 use super::{
-    BoxFuture, Dump, KeyRow, Sealer, SecretRow, Store, StoreError, StoredVersion, VersionRow,
-    db_version, now_ms,
+    BoxFuture, Dump, KeyRow, ListItem, PutMode, Sealer, SecretRow, Store, StoreError,
+    StoredVersion, TokenRow, VersionMeta, VersionRow, WriteCtx, db_version, now_ms,
 };
+use crate::audit::{self, AuditRecord, ChainedRecord};
 use crate::crypto::WrappedKey;
 use crate::path::{SecretPath, Version};
 
 /// Migrations, in order; `secretd_schema` records which ran.
 /// Never edit one that has shipped: add a new file.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_tokens_audit.sql"),
+];
 
 /// Key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x5ec7_e7d0_0001;
@@ -155,6 +159,13 @@ impl From<tokio_postgres::Error> for TxError {
         } else {
             TxError::Fail(map_pg(e))
         }
+    }
+}
+
+fn tx_err(e: TxError) -> StoreError {
+    match e {
+        TxError::Retry(e) => map_pg(e),
+        TxError::Fail(e) => e,
     }
 }
 
@@ -392,15 +403,31 @@ enum WriteOp<'a> {
     Put {
         path: &'a SecretPath,
         seal: &'a Sealer,
+        mode: PutMode,
+        ctx: &'a WriteCtx,
     },
     Delete {
         path: &'a SecretPath,
         version: Option<Version>,
+        ctx: &'a WriteCtx,
     },
     AddKey(&'a WrappedKey),
     InsertSetting {
         name: &'a str,
         value: &'a [u8],
+    },
+    AppendAudit(&'a [AuditRecord]),
+    CreateToken {
+        token: &'a TokenRow,
+        audit: &'a AuditRecord,
+    },
+    RevokeToken {
+        id: &'a str,
+        audit: &'a AuditRecord,
+    },
+    TouchToken {
+        id: &'a str,
+        at: i64,
     },
 }
 
@@ -408,10 +435,135 @@ enum WriteOut {
     Version(Version),
     Versions(Vec<Version>),
     Inserted(bool),
+    Token(Option<TokenRow>),
+    Done,
 }
 
 fn unexpected() -> StoreError {
     StoreError::Backend("write returned an unexpected outcome".into())
+}
+
+const AUDIT_COLUMNS: &str = "seq, time, request_id, token_id, token_name, client, operation, path, version, outcome, status, prev_hash, hash";
+const TOKEN_COLUMNS: &str =
+    "id, name, hash, role, scopes, created_at, created_by, expires_at, last_used_at, revoked_at";
+
+/// Key of the advisory lock that serialises appends to the audit chain
+/// across replicas.
+const AUDIT_LOCK: i64 = 0x5ec7_e7d0_0002;
+
+fn read_token(r: &tokio_postgres::Row) -> TokenRow {
+    TokenRow {
+        id: r.get(0),
+        name: r.get(1),
+        hash: r.get(2),
+        role: r.get(3),
+        scopes: r.get(4),
+        created_at: r.get(5),
+        created_by: r.get(6),
+        expires_at: r.get(7),
+        last_used_at: r.get(8),
+        revoked_at: r.get(9),
+    }
+}
+
+fn read_audit(r: &tokio_postgres::Row) -> Result<ChainedRecord, StoreError> {
+    let status: i32 = r.get(10);
+    Ok(ChainedRecord {
+        seq: r.get(0),
+        record: AuditRecord {
+            time_ms: r.get(1),
+            request_id: r.get(2),
+            token_id: r.get(3),
+            token_name: r.get(4),
+            client: r.get(5),
+            operation: r.get(6),
+            path: r.get(7),
+            version: r.get(8),
+            outcome: r.get(9),
+            status: u16::try_from(status)
+                .map_err(|_| StoreError::Corrupt(format!("audit status {status}")))?,
+        },
+        prev_hash: r.get(11),
+        hash: r.get(12),
+    })
+}
+
+async fn insert_audit(
+    tx: &deadpool_postgres::Transaction<'_>,
+    r: &ChainedRecord,
+) -> Result<(), tokio_postgres::Error> {
+    let a = &r.record;
+    let stmt = tx
+        .prepare_cached(&format!(
+            "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ))
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &r.seq,
+            &a.time_ms,
+            &a.request_id,
+            &a.token_id,
+            &a.token_name,
+            &a.client,
+            &a.operation,
+            &a.path,
+            &a.version,
+            &a.outcome,
+            &i32::from(a.status),
+            &r.prev_hash,
+            &r.hash,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Chains `records` after the head of the log, under a lock that
+/// serialises appends across replicas, and inserts them.
+async fn append_audit_tx(
+    tx: &deadpool_postgres::Transaction<'_>,
+    records: &[AuditRecord],
+) -> Result<(), TxError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+        .await?;
+    let head = tx
+        .query_opt(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .map_or((0, audit::GENESIS.to_vec()), |r| (r.get(0), r.get(1)));
+    for r in audit::chain(head, records.to_vec()) {
+        insert_audit(tx, &r).await?;
+    }
+    Ok(())
+}
+
+async fn insert_token(
+    tx: &deadpool_postgres::Transaction<'_>,
+    t: &TokenRow,
+) -> Result<(), TxError> {
+    let res = tx
+        .execute(
+            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+            &[
+                &t.id, &t.name, &t.hash, &t.role, &t.scopes, &t.created_at, &t.created_by, &t.expires_at,
+                &t.last_used_at, &t.revoked_at,
+            ],
+        )
+        .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(TxError::Fail(
+            StoreError::Conflict(format!("a token named {} already exists", t.name)),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn apply(
@@ -419,7 +571,24 @@ async fn apply(
     op: &WriteOp<'_>,
 ) -> Result<WriteOut, TxError> {
     match *op {
-        WriteOp::Put { path, seal } => {
+        WriteOp::Put {
+            path,
+            seal,
+            mode,
+            ctx,
+        } => {
+            if mode == PutMode::ExistingOnly {
+                let live = tx
+                    .query_opt(
+                        "SELECT 1 FROM secrets s JOIN versions v ON v.secret_id = s.id
+                         WHERE s.path = $1 AND v.envelope IS NOT NULL LIMIT 1",
+                        &[&path.as_str()],
+                    )
+                    .await?;
+                if live.is_none() {
+                    return Err(TxError::Fail(StoreError::NoLiveVersion));
+                }
+            }
             let now = now_ms();
             let stmt = tx
                 .prepare_cached(
@@ -433,13 +602,21 @@ async fn apply(
             let version = db_version(path, last)?;
             let envelope = seal(version)?;
             let stmt = tx
-                .prepare_cached("INSERT INTO versions (secret_id, version, envelope, created_at) VALUES ($1, $2, $3, $4)")
+                .prepare_cached(
+                    "INSERT INTO versions (secret_id, version, envelope, created_at, created_by) VALUES ($1, $2, $3, $4, $5)",
+                )
                 .await?;
-            tx.execute(&stmt, &[&id, &version.as_i64(), &envelope, &now])
-                .await?;
+            tx.execute(
+                &stmt,
+                &[&id, &version.as_i64(), &envelope, &now, &ctx.actor],
+            )
+            .await?;
+            let mut record = ctx.audit.clone();
+            record.version = Some(version.as_i64());
+            append_audit_tx(tx, &[record]).await?;
             Ok(WriteOut::Version(version))
         }
-        WriteOp::Delete { path, version } => {
+        WriteOp::Delete { path, version, ctx } => {
             let stmt = tx
                 .prepare_cached(
                     "UPDATE versions SET envelope = NULL, deleted_at = $1
@@ -460,6 +637,9 @@ async fn apply(
                 .map(|r| db_version(path, r.get(0)))
                 .collect::<Result<Vec<_>, _>>()?;
             out.sort_unstable();
+            if !out.is_empty() {
+                append_audit_tx(tx, std::slice::from_ref(&ctx.audit)).await?;
+            }
             Ok(WriteOut::Versions(out))
         }
         WriteOp::AddKey(key) => {
@@ -481,16 +661,54 @@ async fn apply(
                 .await?;
             Ok(WriteOut::Inserted(n == 1))
         }
+        WriteOp::AppendAudit(records) => {
+            append_audit_tx(tx, records).await?;
+            Ok(WriteOut::Done)
+        }
+        WriteOp::CreateToken { token, audit } => {
+            insert_token(tx, token).await?;
+            append_audit_tx(tx, std::slice::from_ref(audit)).await?;
+            Ok(WriteOut::Done)
+        }
+        WriteOp::RevokeToken { id, audit } => {
+            let row = tx
+                .query_opt(
+                    &format!("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING {TOKEN_COLUMNS}"),
+                    &[&now_ms(), &id],
+                )
+                .await?
+                .map(|r| read_token(&r));
+            if row.is_some() {
+                append_audit_tx(tx, std::slice::from_ref(audit)).await?;
+            }
+            Ok(WriteOut::Token(row))
+        }
+        WriteOp::TouchToken { id, at } => {
+            tx.execute(
+                "UPDATE tokens SET last_used_at = $1 WHERE id = $2",
+                &[&at, &id],
+            )
+            .await?;
+            Ok(WriteOut::Done)
+        }
     }
 }
 
 impl Store for PgStore {
-    fn put(&self, path: SecretPath, seal: Sealer) -> BoxFuture<'_, Result<Version, StoreError>> {
+    fn put(
+        &self,
+        path: SecretPath,
+        seal: Sealer,
+        mode: PutMode,
+        ctx: WriteCtx,
+    ) -> BoxFuture<'_, Result<Version, StoreError>> {
         Box::pin(async move {
             match self
                 .write(WriteOp::Put {
                     path: &path,
                     seal: &seal,
+                    mode,
+                    ctx: &ctx,
                 })
                 .await?
             {
@@ -536,18 +754,191 @@ impl Store for PgStore {
         &self,
         path: SecretPath,
         version: Option<Version>,
+        ctx: WriteCtx,
     ) -> BoxFuture<'_, Result<Vec<Version>, StoreError>> {
         Box::pin(async move {
             match self
                 .write(WriteOp::Delete {
                     path: &path,
                     version,
+                    ctx: &ctx,
                 })
                 .await?
             {
                 WriteOut::Versions(v) => Ok(v),
                 _ => Err(unexpected()),
             }
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ListItem>, StoreError>> {
+        // Children of `prefix` sort between "prefix/" and "prefix0" ('0'
+        // follows '/'); the path column has the "C" collation (bytewise).
+        let lo = format!("{prefix}/");
+        let lo = match after {
+            Some(a) if a > lo.as_str() => a.to_owned(),
+            _ => lo,
+        };
+        let hi = format!("{prefix}0");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Box::pin(self.deadline(async move {
+            let client = self.pool.get().await.map_err(map_pool)?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT s.path, MAX(v.version), MAX(v.created_at)
+                     FROM secrets s JOIN versions v ON v.secret_id = s.id
+                     WHERE s.path > $1 AND s.path < $2 AND v.envelope IS NOT NULL
+                     GROUP BY s.id, s.path ORDER BY s.path LIMIT $3",
+                )
+                .await
+                .map_err(map_pg)?;
+            let rows = client
+                .query(&stmt, &[&lo, &hi, &limit])
+                .await
+                .map_err(map_pg)?;
+            Ok(rows
+                .iter()
+                .map(|r| ListItem {
+                    path: r.get(0),
+                    latest_version: r.get(1),
+                    updated_at: r.get(2),
+                })
+                .collect())
+        }))
+    }
+
+    fn metadata<'a>(
+        &'a self,
+        path: &'a SecretPath,
+    ) -> BoxFuture<'a, Result<Vec<VersionMeta>, StoreError>> {
+        Box::pin(self.deadline(async move {
+            let client = self.pool.get().await.map_err(map_pool)?;
+            let rows = client
+                .query(
+                    "SELECT v.version, v.created_at, v.deleted_at, v.created_by
+                     FROM secrets s JOIN versions v ON v.secret_id = s.id
+                     WHERE s.path = $1 ORDER BY v.version",
+                    &[&path.as_str()],
+                )
+                .await
+                .map_err(map_pg)?;
+            rows.iter()
+                .map(|r| {
+                    let m = VersionMeta {
+                        version: r.get(0),
+                        created_at: r.get(1),
+                        deleted_at: r.get(2),
+                        created_by: r.get(3),
+                    };
+                    db_version(path, m.version).map(|_| m)
+                })
+                .collect()
+        }))
+    }
+
+    fn append_audit(&self, records: Vec<AuditRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.write(WriteOp::AppendAudit(&records)).await.map(|_| ()) })
+    }
+
+    fn audit_page(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ChainedRecord>, StoreError>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Box::pin(self.deadline(async move {
+            let client = self.pool.get().await.map_err(map_pool)?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
+                    ),
+                    &[&after, &limit],
+                )
+                .await
+                .map_err(map_pg)?;
+            rows.iter().map(read_audit).collect()
+        }))
+    }
+
+    fn create_token(
+        &self,
+        token: TokenRow,
+        audit: AuditRecord,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.write(WriteOp::CreateToken {
+                token: &token,
+                audit: &audit,
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn token_by_hash<'a>(
+        &'a self,
+        hash: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<TokenRow>, StoreError>> {
+        Box::pin(self.deadline(async move {
+            let client = self.pool.get().await.map_err(map_pool)?;
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1"
+                ))
+                .await
+                .map_err(map_pg)?;
+            Ok(client
+                .query_opt(&stmt, &[&hash])
+                .await
+                .map_err(map_pg)?
+                .map(|r| read_token(&r)))
+        }))
+    }
+
+    fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, StoreError>> {
+        Box::pin(self.deadline(async move {
+            let client = self.pool.get().await.map_err(map_pool)?;
+            let rows = client
+                .query(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY name"),
+                    &[],
+                )
+                .await
+                .map_err(map_pg)?;
+            Ok(rows.iter().map(read_token).collect())
+        }))
+    }
+
+    fn revoke_token(
+        &self,
+        id: String,
+        audit: AuditRecord,
+    ) -> BoxFuture<'_, Result<Option<TokenRow>, StoreError>> {
+        Box::pin(async move {
+            match self
+                .write(WriteOp::RevokeToken {
+                    id: &id,
+                    audit: &audit,
+                })
+                .await?
+            {
+                WriteOut::Token(t) => Ok(t),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn touch_token(&self, id: String, at: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.write(WriteOp::TouchToken { id: &id, at })
+                .await
+                .map(|_| ())
         })
     }
 
@@ -649,7 +1040,7 @@ impl Store for PgStore {
             }
             for r in tx
                 .query(
-                    "SELECT s.path, v.version, v.envelope, v.created_at, v.deleted_at
+                    "SELECT s.path, v.version, v.envelope, v.created_at, v.deleted_at, v.created_by
                      FROM versions v JOIN secrets s ON s.id = v.secret_id",
                     &[],
                 )
@@ -662,6 +1053,7 @@ impl Store for PgStore {
                     envelope: r.get(2),
                     created_at: r.get(3),
                     deleted_at: r.get(4),
+                    created_by: r.get(5),
                 });
             }
             for r in tx
@@ -681,6 +1073,23 @@ impl Store for PgStore {
                 .map_err(map_pg)?
             {
                 d.settings.push((r.get(0), r.get(1)));
+            }
+            for r in tx
+                .query(&format!("SELECT {TOKEN_COLUMNS} FROM tokens"), &[])
+                .await
+                .map_err(map_pg)?
+            {
+                d.tokens.push(read_token(&r));
+            }
+            for r in tx
+                .query(
+                    &format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq"),
+                    &[],
+                )
+                .await
+                .map_err(map_pg)?
+            {
+                d.audit.push(read_audit(&r)?);
             }
             tx.commit().await.map_err(map_pg)?;
             d.sort();
@@ -712,7 +1121,7 @@ impl Store for PgStore {
                         "{secrets} secrets, {keys} data keys"
                     )));
                 }
-                tx.batch_execute("DELETE FROM versions; DELETE FROM secrets; DELETE FROM data_keys; DELETE FROM settings")
+                tx.batch_execute("DELETE FROM versions; DELETE FROM secrets; DELETE FROM data_keys; DELETE FROM settings; DELETE FROM tokens; DELETE FROM audit_log")
                     .await
                     .map_err(map_pg)?;
             }
@@ -735,7 +1144,7 @@ impl Store for PgStore {
             }
             let ins = tx
                 .prepare(
-                    "INSERT INTO versions (secret_id, version, envelope, created_at, deleted_at) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO versions (secret_id, version, envelope, created_at, deleted_at, created_by) VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .await
                 .map_err(map_pg)?;
@@ -745,7 +1154,14 @@ impl Store for PgStore {
                 })?;
                 tx.execute(
                     &ins,
-                    &[id, &v.version, &v.envelope, &v.created_at, &v.deleted_at],
+                    &[
+                        id,
+                        &v.version,
+                        &v.envelope,
+                        &v.created_at,
+                        &v.deleted_at,
+                        &v.created_by,
+                    ],
                 )
                 .await
                 .map_err(map_pg)?;
@@ -765,6 +1181,12 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(map_pg)?;
+            }
+            for t in &dump.tokens {
+                insert_token(&tx, t).await.map_err(tx_err)?;
+            }
+            for r in &dump.audit {
+                insert_audit(&tx, r).await.map_err(map_pg)?;
             }
             tx.commit().await.map_err(map_pg)
         })

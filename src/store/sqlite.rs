@@ -18,15 +18,19 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BoxFuture, Dump, KeyRow, Sealer, SecretRow, Store, StoreError, StoredVersion, VersionRow,
-    db_version, now_ms,
+    BoxFuture, Dump, KeyRow, ListItem, PutMode, Sealer, SecretRow, Store, StoreError,
+    StoredVersion, TokenRow, VersionMeta, VersionRow, WriteCtx, db_version, now_ms,
 };
+use crate::audit::{self, AuditRecord, ChainedRecord};
 use crate::crypto::WrappedKey;
 use crate::path::{SecretPath, Version};
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
 /// Never edit one that has shipped: add a new file.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_tokens_audit.sql"),
+];
 
 /// Most writes folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -37,36 +41,17 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-enum WriteJob {
-    Put {
-        path: SecretPath,
-        seal: Sealer,
-        reply: oneshot::Sender<Result<Version, StoreError>>,
-    },
-    Delete {
-        path: SecretPath,
-        version: Option<Version>,
-        reply: oneshot::Sender<Result<Vec<Version>, StoreError>>,
-    },
-    AddKey {
-        key: WrappedKey,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    InsertSetting {
-        name: String,
-        value: Vec<u8>,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    Import {
-        dump: Box<Dump>,
-        replace: bool,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Proves the writer thread is alive (for `/readyz`).
-    Ping {
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
+/// One queued write. `run` applies it inside the batch transaction (in its
+/// own savepoint) and returns how to answer the caller once the commit
+/// outcome is known; given `None` (the transaction could not begin) it
+/// answers with an error.
+struct WriteJob {
+    run: RunJob,
+    /// Deletes envelopes: checkpoint and truncate the WAL before answering.
+    destroys: bool,
 }
+
+type RunJob = Box<dyn FnOnce(Option<&Connection>) -> Answer + Send>;
 
 /// Answers one caller once the batch's commit outcome is known: if the
 /// commit failed, every write in the batch failed with it.
@@ -84,6 +69,24 @@ fn answer<T: Send + 'static>(
         // A caller that went away (client disconnected) is not an error.
         let _ = reply.send(r);
     })
+}
+
+/// Runs `f` in its own savepoint: on error only this job is undone.
+fn scoped<T>(
+    c: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    c.execute_batch("SAVEPOINT job")?;
+    match f(c) {
+        Ok(v) => {
+            c.execute_batch("RELEASE job")?;
+            Ok(v)
+        }
+        Err(e) => {
+            c.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            Err(e)
+        }
+    }
 }
 
 pub struct SqliteStore {
@@ -214,13 +217,22 @@ impl SqliteStore {
         self.commits.load(Ordering::Relaxed)
     }
 
+    /// Queues `f` for the writer thread and waits until its batch committed.
     async fn write<T: Send + 'static>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteJob,
+        destroys: bool,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
+        let run = Box::new(move |c: Option<&Connection>| match c {
+            Some(c) => answer(tx, scoped(c, f)),
+            None => answer(
+                tx,
+                Err(StoreError::Backend("could not begin transaction".into())),
+            ),
+        });
         self.writer
-            .send(make(tx))
+            .send(WriteJob { run, destroys })
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
@@ -275,28 +287,23 @@ fn writer_loop(
 
 /// Applies and commits one batch; true if it committed.
 fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) -> bool {
-    let has_delete = batch
-        .iter()
-        .any(|j| matches!(j, WriteJob::Delete { .. } | WriteJob::Import { .. }));
+    let destroys = batch.iter().any(|j| j.destroys);
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             let err = Err(e.to_string());
             for job in batch.drain(..) {
-                applied_error(job)(&err);
+                (job.run)(None)(&err);
             }
             return false;
         }
     };
-    let mut answers = Vec::with_capacity(batch.len());
-    for job in batch.drain(..) {
-        answers.push(apply_in_savepoint(&tx, job));
-    }
+    let answers: Vec<Answer> = batch.drain(..).map(|job| (job.run)(Some(&tx))).collect();
     let commit = tx.commit().map_err(|e| e.to_string());
     if let Err(e) = &commit {
         tracing::error!(error = %e, writes = answers.len(), "sqlite commit failed; batch not acknowledged");
     }
-    if has_delete && commit.is_ok() {
+    if destroys && commit.is_ok() {
         // Deleted envelopes still sit in older WAL frames: copy the WAL
         // into the database (where secure_delete zeroed them) and truncate
         // it before acknowledging the delete.
@@ -313,73 +320,182 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) -> bool {
     ok
 }
 
-fn applied_error(job: WriteJob) -> Answer {
-    let e = || StoreError::Backend("could not begin transaction".into());
-    match job {
-        WriteJob::Put { reply, .. } => answer(reply, Err(e())),
-        WriteJob::Delete { reply, .. } => answer(reply, Err(e())),
-        WriteJob::AddKey { reply, .. } => answer(reply, Err(e())),
-        WriteJob::InsertSetting { reply, .. } => answer(reply, Err(e())),
-        WriteJob::Import { reply, .. } => answer(reply, Err(e())),
-        WriteJob::Ping { reply } => answer(reply, Err(e())),
-    }
+fn version_of(path: &str, v: i64) -> Result<Version, StoreError> {
+    u64::try_from(v)
+        .ok()
+        .and_then(|n| Version::new(n).ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("{path}: version {v} out of range")))
 }
 
-/// Runs one job in its own savepoint: on error only that job is undone.
-fn apply_in_savepoint(tx: &rusqlite::Transaction<'_>, job: WriteJob) -> Answer {
-    fn scoped<T>(
-        tx: &rusqlite::Transaction<'_>,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        tx.execute_batch("SAVEPOINT job")?;
-        match f(tx) {
-            Ok(v) => {
-                tx.execute_batch("RELEASE job")?;
-                Ok(v)
-            }
-            Err(e) => {
-                tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
-                Err(e)
-            }
-        }
+fn has_live_version(c: &Connection, path: &SecretPath) -> Result<bool, StoreError> {
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM secrets s JOIN versions v ON v.secret_id = s.id
+         WHERE s.path = ?1 AND v.envelope IS NOT NULL LIMIT 1",
+    )?
+    .query_row([path.as_str()], |_| Ok(()))
+    .optional()?
+    .is_some())
+}
+
+fn put_row(
+    c: &Connection,
+    path: &SecretPath,
+    seal: &Sealer,
+    mode: PutMode,
+    ctx: WriteCtx,
+) -> Result<Version, StoreError> {
+    if mode == PutMode::ExistingOnly && !has_live_version(c, path)? {
+        return Err(StoreError::NoLiveVersion);
     }
-    match job {
-        WriteJob::Put { path, seal, reply } => {
-            answer(reply, scoped(tx, |c| put_row(c, &path, seal)))
-        }
-        WriteJob::Delete {
-            path,
-            version,
-            reply,
-        } => answer(reply, scoped(tx, |c| delete_rows(c, &path, version))),
-        WriteJob::AddKey { key, reply } => answer(
-            reply,
-            scoped(tx, |c| {
-                let n = c.execute(
-                    "INSERT INTO data_keys (generation, wrapped, created_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (generation) DO NOTHING",
-                    params![key.generation, key.wrapped, now_ms()],
-                )?;
-                Ok(n == 1)
-            }),
+    let now = now_ms();
+    let (id, last): (i64, i64) = c
+        .prepare_cached(
+            "INSERT INTO secrets (path, last_version, created_at, updated_at) VALUES (?1, 1, ?2, ?2)
+             ON CONFLICT (path) DO UPDATE SET last_version = last_version + 1, updated_at = ?2
+             RETURNING id, last_version",
+        )?
+        .query_row(params![path.as_str(), now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let version = db_version(path, last)?;
+    let envelope = seal(version)?;
+    c.prepare_cached(
+        "INSERT INTO versions (secret_id, version, envelope, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![id, version.as_i64(), envelope, now, ctx.actor])?;
+    let mut record = ctx.audit;
+    record.version = Some(version.as_i64());
+    append_audit_rows(c, vec![record])?;
+    Ok(version)
+}
+
+fn delete_rows(
+    c: &Connection,
+    path: &SecretPath,
+    version: Option<Version>,
+    ctx: WriteCtx,
+) -> Result<Vec<Version>, StoreError> {
+    let now = now_ms();
+    let mut stmt = c.prepare_cached(
+        "UPDATE versions SET envelope = NULL, deleted_at = ?1
+         WHERE secret_id = (SELECT id FROM secrets WHERE path = ?2)
+           AND (?3 IS NULL OR version = ?3)
+           AND deleted_at IS NULL
+         RETURNING version",
+    )?;
+    let rows = stmt.query_map(
+        params![now, path.as_str(), version.map(Version::as_i64)],
+        |r| r.get::<_, i64>(0),
+    )?;
+    let mut out = Vec::new();
+    for v in rows {
+        out.push(db_version(path, v?)?);
+    }
+    out.sort_unstable();
+    if !out.is_empty() {
+        append_audit_rows(c, vec![ctx.audit])?;
+    }
+    Ok(out)
+}
+
+/// Chains `records` after the current head of the log and inserts them.
+/// Runs inside the writer's transaction, which holds the write lock, so the
+/// head cannot move underneath (also against other processes).
+fn append_audit_rows(c: &Connection, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let head: (i64, Vec<u8>) = c
+        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, audit::GENESIS.to_vec()));
+    let mut ins = c.prepare_cached(
+        "INSERT INTO audit_log (seq, time, request_id, token_id, token_name, client, operation, path, version, outcome, status, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    for r in audit::chain(head, records) {
+        let a = &r.record;
+        ins.execute(params![
+            r.seq,
+            a.time_ms,
+            a.request_id,
+            a.token_id,
+            a.token_name,
+            a.client,
+            a.operation,
+            a.path,
+            a.version,
+            a.outcome,
+            a.status,
+            r.prev_hash,
+            r.hash
+        ])?;
+    }
+    Ok(())
+}
+
+fn read_audit(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainedRecord> {
+    Ok(ChainedRecord {
+        seq: r.get(0)?,
+        record: AuditRecord {
+            time_ms: r.get(1)?,
+            request_id: r.get(2)?,
+            token_id: r.get(3)?,
+            token_name: r.get(4)?,
+            client: r.get(5)?,
+            operation: r.get(6)?,
+            path: r.get(7)?,
+            version: r.get(8)?,
+            outcome: r.get(9)?,
+            status: r.get(10)?,
+        },
+        prev_hash: r.get(11)?,
+        hash: r.get(12)?,
+    })
+}
+
+const AUDIT_COLUMNS: &str = "seq, time, request_id, token_id, token_name, client, operation, path, version, outcome, status, prev_hash, hash";
+const TOKEN_COLUMNS: &str =
+    "id, name, hash, role, scopes, created_at, created_by, expires_at, last_used_at, revoked_at";
+
+fn read_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        hash: r.get(2)?,
+        role: r.get(3)?,
+        scopes: r.get(4)?,
+        created_at: r.get(5)?,
+        created_by: r.get(6)?,
+        expires_at: r.get(7)?,
+        last_used_at: r.get(8)?,
+        revoked_at: r.get(9)?,
+    })
+}
+
+fn insert_token(c: &Connection, t: &TokenRow) -> Result<(), StoreError> {
+    let res = c.execute(
+        &format!(
+            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
         ),
-        WriteJob::Import {
-            dump,
-            replace,
-            reply,
-        } => answer(reply, scoped(tx, |c| import_rows(c, &dump, replace))),
-        WriteJob::Ping { reply } => answer(reply, Ok(())),
-        WriteJob::InsertSetting { name, value, reply } => answer(
-            reply,
-            scoped(tx, |c| {
-                let n = c.execute(
-                    "INSERT INTO settings (name, value) VALUES (?1, ?2)
-                     ON CONFLICT (name) DO NOTHING",
-                    params![name, value],
-                )?;
-                Ok(n == 1)
-            }),
+        params![
+            t.id,
+            t.name,
+            t.hash,
+            t.role,
+            t.scopes,
+            t.created_at,
+            t.created_by,
+            t.expires_at,
+            t.last_used_at,
+            t.revoked_at
+        ],
+    );
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => Err(
+            StoreError::Conflict(format!("a token named {} already exists", t.name)),
         ),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -394,7 +510,10 @@ fn import_rows(c: &Connection, dump: &Dump, replace: bool) -> Result<(), StoreEr
                 "{secrets} secrets, {keys} data keys"
             )));
         }
-        c.execute_batch("DELETE FROM versions; DELETE FROM secrets; DELETE FROM data_keys; DELETE FROM settings;")?;
+        c.execute_batch(
+            "DELETE FROM versions; DELETE FROM secrets; DELETE FROM data_keys; DELETE FROM settings;
+             DELETE FROM tokens; DELETE FROM audit_log;",
+        )?;
     }
     let mut ids = std::collections::HashMap::with_capacity(dump.secrets.len());
     let mut ins = c.prepare_cached(
@@ -408,7 +527,8 @@ fn import_rows(c: &Connection, dump: &Dump, replace: bool) -> Result<(), StoreEr
         ids.insert(s.path.as_str(), id);
     }
     let mut ins = c.prepare_cached(
-        "INSERT INTO versions (secret_id, version, envelope, created_at, deleted_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO versions (secret_id, version, envelope, created_at, deleted_at, created_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for v in &dump.versions {
         let id = ids.get(v.path.as_str()).ok_or_else(|| {
@@ -419,7 +539,8 @@ fn import_rows(c: &Connection, dump: &Dump, replace: bool) -> Result<(), StoreEr
             v.version,
             v.envelope,
             v.created_at,
-            v.deleted_at
+            v.deleted_at,
+            v.created_by
         ])?;
     }
     for k in &dump.data_keys {
@@ -433,6 +554,30 @@ fn import_rows(c: &Connection, dump: &Dump, replace: bool) -> Result<(), StoreEr
             "INSERT INTO settings (name, value) VALUES (?1, ?2)",
             params![name, value],
         )?;
+    }
+    for t in &dump.tokens {
+        insert_token(c, t)?;
+    }
+    let mut ins = c.prepare_cached(&format!(
+        "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    ))?;
+    for r in &dump.audit {
+        let a = &r.record;
+        ins.execute(params![
+            r.seq,
+            a.time_ms,
+            a.request_id,
+            a.token_id,
+            a.token_name,
+            a.client,
+            a.operation,
+            a.path,
+            a.version,
+            a.outcome,
+            a.status,
+            r.prev_hash,
+            r.hash
+        ])?;
     }
     Ok(())
 }
@@ -451,7 +596,7 @@ fn export_rows(c: &Connection) -> Result<Dump, StoreError> {
         d.secrets.push(r?);
     }
     let mut st = c.prepare(
-        "SELECT s.path, v.version, v.envelope, v.created_at, v.deleted_at
+        "SELECT s.path, v.version, v.envelope, v.created_at, v.deleted_at, v.created_by
          FROM versions v JOIN secrets s ON s.id = v.secret_id",
     )?;
     for r in st.query_map([], |r| {
@@ -461,6 +606,7 @@ fn export_rows(c: &Connection) -> Result<Dump, StoreError> {
             envelope: r.get(2)?,
             created_at: r.get(3)?,
             deleted_at: r.get(4)?,
+            created_by: r.get(5)?,
         })
     })? {
         d.versions.push(r?);
@@ -479,57 +625,29 @@ fn export_rows(c: &Connection) -> Result<Dump, StoreError> {
     for r in st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
         d.settings.push(r?);
     }
+    let mut st = c.prepare(&format!("SELECT {TOKEN_COLUMNS} FROM tokens"))?;
+    for r in st.query_map([], read_token)? {
+        d.tokens.push(r?);
+    }
+    let mut st = c.prepare(&format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq"
+    ))?;
+    for r in st.query_map([], read_audit)? {
+        d.audit.push(r?);
+    }
     d.sort();
     Ok(d)
 }
 
-fn put_row(c: &Connection, path: &SecretPath, seal: Sealer) -> Result<Version, StoreError> {
-    let now = now_ms();
-    let (id, last): (i64, i64) = c
-        .prepare_cached(
-            "INSERT INTO secrets (path, last_version, created_at, updated_at) VALUES (?1, 1, ?2, ?2)
-             ON CONFLICT (path) DO UPDATE SET last_version = last_version + 1, updated_at = ?2
-             RETURNING id, last_version",
-        )?
-        .query_row(params![path.as_str(), now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let version = db_version(path, last)?;
-    let envelope = seal(version)?;
-    c.prepare_cached(
-        "INSERT INTO versions (secret_id, version, envelope, created_at) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![id, version.as_i64(), envelope, now])?;
-    Ok(version)
-}
-
-fn delete_rows(
-    c: &Connection,
-    path: &SecretPath,
-    version: Option<Version>,
-) -> Result<Vec<Version>, StoreError> {
-    let now = now_ms();
-    let mut stmt = c.prepare_cached(
-        "UPDATE versions SET envelope = NULL, deleted_at = ?1
-         WHERE secret_id = (SELECT id FROM secrets WHERE path = ?2)
-           AND (?3 IS NULL OR version = ?3)
-           AND deleted_at IS NULL
-         RETURNING version",
-    )?;
-    let rows = stmt.query_map(
-        params![now, path.as_str(), version.map(Version::as_i64)],
-        |r| r.get::<_, i64>(0),
-    )?;
-    let mut out = Vec::new();
-    for v in rows {
-        let v = v?;
-        out.push(db_version(path, v)?);
-    }
-    out.sort_unstable();
-    Ok(out)
-}
-
 impl Store for SqliteStore {
-    fn put(&self, path: SecretPath, seal: Sealer) -> BoxFuture<'_, Result<Version, StoreError>> {
-        Box::pin(self.write(move |reply| WriteJob::Put { path, seal, reply }))
+    fn put(
+        &self,
+        path: SecretPath,
+        seal: Sealer,
+        mode: PutMode,
+        ctx: WriteCtx,
+    ) -> BoxFuture<'_, Result<Version, StoreError>> {
+        Box::pin(self.write(false, move |c| put_row(c, &path, &seal, mode, ctx)))
     }
 
     fn get<'a>(
@@ -566,11 +684,147 @@ impl Store for SqliteStore {
         &self,
         path: SecretPath,
         version: Option<Version>,
+        ctx: WriteCtx,
     ) -> BoxFuture<'_, Result<Vec<Version>, StoreError>> {
-        Box::pin(self.write(move |reply| WriteJob::Delete {
-            path,
-            version,
-            reply,
+        Box::pin(self.write(true, move |c| delete_rows(c, &path, version, ctx)))
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ListItem>, StoreError>> {
+        // Children of `prefix` sort between "prefix/" and "prefix0" ('0' follows '/').
+        let lo = format!("{prefix}/");
+        let lo = match after {
+            Some(a) if a > lo.as_str() => a.to_owned(),
+            _ => lo,
+        };
+        let hi = format!("{prefix}0");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Box::pin(self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT s.path, MAX(v.version), MAX(v.created_at)
+                 FROM secrets s JOIN versions v ON v.secret_id = s.id
+                 WHERE s.path > ?1 AND s.path < ?2 AND v.envelope IS NOT NULL
+                 GROUP BY s.id ORDER BY s.path LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![lo, hi, limit], |r| {
+                Ok(ListItem {
+                    path: r.get(0)?,
+                    latest_version: r.get(1)?,
+                    updated_at: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        }))
+    }
+
+    fn metadata<'a>(
+        &'a self,
+        path: &'a SecretPath,
+    ) -> BoxFuture<'a, Result<Vec<VersionMeta>, StoreError>> {
+        let path = path.clone();
+        Box::pin(self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT v.version, v.created_at, v.deleted_at, v.created_by
+                 FROM secrets s JOIN versions v ON v.secret_id = s.id
+                 WHERE s.path = ?1 ORDER BY v.version",
+            )?;
+            let rows = st.query_map([path.as_str()], |r| {
+                Ok(VersionMeta {
+                    version: r.get(0)?,
+                    created_at: r.get(1)?,
+                    deleted_at: r.get(2)?,
+                    created_by: r.get(3)?,
+                })
+            })?;
+            let out = rows.collect::<Result<Vec<_>, _>>()?;
+            for m in &out {
+                version_of(path.as_str(), m.version)?;
+            }
+            Ok(out)
+        }))
+    }
+
+    fn append_audit(&self, records: Vec<AuditRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.write(false, move |c| append_audit_rows(c, records)))
+    }
+
+    fn audit_page(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ChainedRecord>, StoreError>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Box::pin(self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            let rows = st.query_map(params![after, limit], read_audit)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        }))
+    }
+
+    fn create_token(
+        &self,
+        token: TokenRow,
+        audit: AuditRecord,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.write(false, move |c| {
+            insert_token(c, &token)?;
+            append_audit_rows(c, vec![audit])
+        }))
+    }
+
+    fn token_by_hash<'a>(
+        &'a self,
+        hash: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<TokenRow>, StoreError>> {
+        let hash = hash.to_vec();
+        Box::pin(self.read(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"
+            ))?
+            .query_row([hash], read_token)
+            .optional()?)
+        }))
+    }
+
+    fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, StoreError>> {
+        Box::pin(self.read(|c| {
+            let mut st =
+                c.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY name"))?;
+            let rows = st.query_map([], read_token)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        }))
+    }
+
+    fn revoke_token(
+        &self,
+        id: String,
+        audit: AuditRecord,
+    ) -> BoxFuture<'_, Result<Option<TokenRow>, StoreError>> {
+        Box::pin(self.write(false, move |c| {
+            let row = c
+                .prepare_cached(&format!(
+                    "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL RETURNING {TOKEN_COLUMNS}"
+                ))?
+                .query_row(params![now_ms(), id], read_token)
+                .optional()?;
+            if row.is_some() {
+                append_audit_rows(c, vec![audit])?;
+            }
+            Ok(row)
+        }))
+    }
+
+    fn touch_token(&self, id: String, at: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.write(false, move |c| {
+            c.prepare_cached("UPDATE tokens SET last_used_at = ?1 WHERE id = ?2")?
+                .execute(params![at, id])?;
+            Ok(())
         }))
     }
 
@@ -589,7 +843,14 @@ impl Store for SqliteStore {
     }
 
     fn add_data_key(&self, key: WrappedKey) -> BoxFuture<'_, Result<bool, StoreError>> {
-        Box::pin(self.write(move |reply| WriteJob::AddKey { key, reply }))
+        Box::pin(self.write(false, move |c| {
+            let n = c.execute(
+                "INSERT INTO data_keys (generation, wrapped, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (generation) DO NOTHING",
+                params![key.generation, key.wrapped, now_ms()],
+            )?;
+            Ok(n == 1)
+        }))
     }
 
     fn setting<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
@@ -609,7 +870,13 @@ impl Store for SqliteStore {
         value: Vec<u8>,
     ) -> BoxFuture<'_, Result<bool, StoreError>> {
         let name = name.to_owned();
-        Box::pin(self.write(move |reply| WriteJob::InsertSetting { name, value, reply }))
+        Box::pin(self.write(false, move |c| {
+            let n = c.execute(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![name, value],
+            )?;
+            Ok(n == 1)
+        }))
     }
 
     fn export(&self) -> BoxFuture<'_, Result<Dump, StoreError>> {
@@ -617,12 +884,7 @@ impl Store for SqliteStore {
     }
 
     fn import(&self, dump: Dump, replace: bool) -> BoxFuture<'_, Result<(), StoreError>> {
-        let dump = Box::new(dump);
-        Box::pin(self.write(move |reply| WriteJob::Import {
-            dump,
-            replace,
-            reply,
-        }))
+        Box::pin(self.write(true, move |c| import_rows(c, &dump, replace)))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -632,7 +894,7 @@ impl Store for SqliteStore {
                 Ok(())
             })
             .await?;
-            self.write(|reply| WriteJob::Ping { reply }).await
+            self.write(false, |_| Ok(())).await
         })
     }
 }
@@ -645,6 +907,13 @@ mod tests {
 
     fn path(s: &str) -> SecretPath {
         SecretPath::parse(s).unwrap()
+    }
+
+    fn ctx() -> WriteCtx {
+        WriteCtx {
+            actor: "test".into(),
+            audit: crate::service::RequestCtx::operator().record("secret.write", None, None, 200),
+        }
     }
 
     fn plain_sealer(tag: u8) -> Sealer {
@@ -662,7 +931,10 @@ mod tests {
         });
         let first = {
             let s = Arc::clone(&store);
-            tokio::spawn(async move { s.put(path("tfy-secret/g/slow"), slow).await })
+            tokio::spawn(async move {
+                s.put(path("tfy-secret/g/slow"), slow, PutMode::Any, ctx())
+                    .await
+            })
         };
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let before = store.commits();
@@ -670,7 +942,13 @@ mod tests {
         for i in 0..200u8 {
             let s = Arc::clone(&store);
             tasks.push(tokio::spawn(async move {
-                s.put(path("tfy-secret/g/one"), plain_sealer(i)).await
+                s.put(
+                    path("tfy-secret/g/one"),
+                    plain_sealer(i),
+                    PutMode::Any,
+                    ctx(),
+                )
+                .await
             }));
         }
         let mut versions = Vec::new();
@@ -691,9 +969,9 @@ mod tests {
         let p = path("tfy-secret/f/x");
         let failing: Sealer = Box::new(|_| Err(CryptoError::Rng));
         let (a, b, c) = tokio::join!(
-            store.put(p.clone(), plain_sealer(1)),
-            store.put(p.clone(), failing),
-            store.put(p.clone(), plain_sealer(3)),
+            store.put(p.clone(), plain_sealer(1), PutMode::Any, ctx()),
+            store.put(p.clone(), failing, PutMode::Any, ctx()),
+            store.put(p.clone(), plain_sealer(3), PutMode::Any, ctx()),
         );
         assert!(b.is_err());
         let mut got = vec![a.unwrap().get(), c.unwrap().get()];
@@ -704,7 +982,11 @@ mod tests {
             "the failed write must not consume a version"
         );
         assert_eq!(
-            store.put(p.clone(), plain_sealer(4)).await.unwrap().get(),
+            store
+                .put(p.clone(), plain_sealer(4), PutMode::Any, ctx())
+                .await
+                .unwrap()
+                .get(),
             3
         );
     }

@@ -304,8 +304,10 @@ impl TestServer {
             SecretString::new(KEY.into()),
             SecretString::new(KEY2.into()),
         ];
+        // Tests send many bad keys on purpose; the limiter has its own test.
+        cfg.auth_fail_limit = 0;
         if let Backend::Postgres(url) = backend {
-            cfg.database_url = Some(SecretString::new(url));
+            cfg.store.database_url = Some(SecretString::new(url));
             cfg.master_key = Some(SecretString::new(MASTER_KEY.into()));
         }
         tweak(&mut cfg);
@@ -316,6 +318,11 @@ impl TestServer {
             service: opened.service,
             api_keys: opened.api_keys,
             max_body_bytes: cfg.max_body_bytes,
+            limiter: std::sync::Arc::new(secretd::http::ratelimit::FailLimiter::new(
+                cfg.auth_fail_limit,
+                cfg.auth_fail_window,
+                10_000,
+            )),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(secretd::http::serve(listener, state, async move {

@@ -202,7 +202,7 @@ async fn tls_follows_sslmode() {
     // verify-full checks the certificate: a self-signed test server is refused
     let url = format!("{}{sep}sslmode=verify-full", db.url);
     let mut cfg = secretd::config::ServeConfig::with_data_dir(std::env::temp_dir().join("unused"));
-    cfg.database_url = Some(secretd::config::SecretString::new(url));
+    cfg.store.database_url = Some(secretd::config::SecretString::new(url));
     cfg.master_key = Some(secretd::config::SecretString::new(MASTER_KEY.into()));
     cfg.api_keys = vec![secretd::config::SecretString::new(KEY.into())];
     let e = secretd::bootstrap::open(&cfg)
@@ -295,8 +295,8 @@ async fn database_outage_gives_fast_503s_and_recovers_without_restart() {
     let url = via(&db.url, proxy.addr);
     let (acquire, statement) = (Duration::from_secs(1), Duration::from_secs(2));
     let s = TestServer::start_with(Backend::Postgres(url), |c| {
-        c.db.db_acquire_timeout = acquire;
-        c.db.db_statement_timeout = statement;
+        c.store.db.db_acquire_timeout = acquire;
+        c.store.db.db_statement_timeout = statement;
     })
     .await;
     let c = s.client.clone();

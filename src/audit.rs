@@ -1,0 +1,237 @@
+//! The tamper-evident audit log: record type, hash chain and verification.
+//!
+//! Every record carries `prev_hash` (the previous record's hash) and `hash =
+//! SHA-256("secretd/audit/v1" ‖ prev_hash ‖ seq ‖ fields)`, each field length-
+//! prefixed; `seq` counts from 1 without gaps. Editing a record breaks its own
+//! hash; deleting or inserting one breaks the sequence or the next record's
+//! `prev_hash`. Records never hold a value, a token or a key.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// The hash the first record chains to.
+pub const GENESIS: [u8; 32] = [0u8; 32];
+
+/// One audited request, before it is chained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    pub request_id: String,
+    pub token_id: Option<String>,
+    pub token_name: Option<String>,
+    /// Client address (ip:port).
+    pub client: Option<String>,
+    /// e.g. `secret.read`, `secret.write`, `token.create`, `auth`.
+    pub operation: String,
+    pub path: Option<String>,
+    pub version: Option<i64>,
+    /// `ok`, `denied`, `unauthenticated`, `not_found`, `invalid`, `error`.
+    pub outcome: String,
+    pub status: u16,
+}
+
+/// A record as stored: with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainedRecord {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub record: AuditRecord,
+    #[serde(serialize_with = "hex")]
+    pub prev_hash: Vec<u8>,
+    #[serde(serialize_with = "hex")]
+    pub hash: Vec<u8>,
+}
+
+fn hex<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&to_hex(b))
+}
+
+pub fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The hash of record `seq` chained after `prev`.
+pub fn chain_hash(prev: &[u8], seq: i64, r: &AuditRecord) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    field(b"secretd/audit/v1");
+    field(prev);
+    field(&seq.to_be_bytes());
+    field(&r.time_ms.to_be_bytes());
+    field(r.request_id.as_bytes());
+    let opt = |s: &Option<String>| s.as_deref().map(str::as_bytes).map(<[u8]>::to_vec);
+    for o in [opt(&r.token_id), opt(&r.token_name), opt(&r.client)] {
+        match o {
+            Some(b) => {
+                field(b"1");
+                field(&b);
+            }
+            None => field(b"0"),
+        }
+    }
+    field(r.operation.as_bytes());
+    match &r.path {
+        Some(p) => {
+            field(b"1");
+            field(p.as_bytes());
+        }
+        None => field(b"0"),
+    }
+    match r.version {
+        Some(v) => {
+            field(b"1");
+            field(&v.to_be_bytes());
+        }
+        None => field(b"0"),
+    }
+    field(r.outcome.as_bytes());
+    field(&r.status.to_be_bytes());
+    h.finalize().into()
+}
+
+/// Chains `records` after the head `(seq, hash)` (use `(0, GENESIS)` for an
+/// empty log).
+pub fn chain(head: (i64, Vec<u8>), records: Vec<AuditRecord>) -> Vec<ChainedRecord> {
+    let (mut seq, mut prev) = head;
+    records
+        .into_iter()
+        .map(|record| {
+            seq += 1;
+            let hash = chain_hash(&prev, seq, &record).to_vec();
+            let c = ChainedRecord {
+                seq,
+                record,
+                prev_hash: prev.clone(),
+                hash: hash.clone(),
+            };
+            prev = hash;
+            c
+        })
+        .collect()
+}
+
+/// Where the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit chain broken at record {seq}: {reason}")]
+pub struct Broken {
+    pub seq: i64,
+    pub reason: String,
+}
+
+/// Walks records in `seq` order, page by page. Keeps the last verified
+/// `(seq, hash)` between pages.
+#[derive(Debug)]
+pub struct Verifier {
+    seq: i64,
+    hash: Vec<u8>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            seq: 0,
+            hash: GENESIS.to_vec(),
+        }
+    }
+}
+
+impl Verifier {
+    pub fn feed(&mut self, r: &ChainedRecord) -> Result<(), Broken> {
+        let broken = |reason: &str| Broken {
+            seq: r.seq,
+            reason: reason.to_owned(),
+        };
+        if r.seq != self.seq + 1 {
+            return Err(Broken {
+                seq: self.seq + 1,
+                reason: format!("record missing (next record present is {})", r.seq),
+            });
+        }
+        if r.prev_hash != self.hash {
+            return Err(broken(
+                "its prev_hash does not match the previous record (a record was inserted, deleted or edited)",
+            ));
+        }
+        if chain_hash(&r.prev_hash, r.seq, &r.record).as_slice() != r.hash.as_slice() {
+            return Err(broken(
+                "its contents do not match its hash (the record was edited)",
+            ));
+        }
+        self.seq = r.seq;
+        self.hash = r.hash.clone();
+        Ok(())
+    }
+
+    /// Records verified so far.
+    pub fn count(&self) -> i64 {
+        self.seq
+    }
+
+    pub fn head_hash(&self) -> &[u8] {
+        &self.hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn rec(i: i64) -> AuditRecord {
+        AuditRecord {
+            time_ms: i,
+            request_id: format!("r{i}"),
+            token_id: Some("t".into()),
+            token_name: None,
+            client: Some("127.0.0.1:1".into()),
+            operation: "secret.read".into(),
+            path: Some("tfy-secret/a".into()),
+            version: Some(i),
+            outcome: "ok".into(),
+            status: 200,
+        }
+    }
+
+    fn verify(rs: &[ChainedRecord]) -> Result<i64, Broken> {
+        let mut v = Verifier::default();
+        for r in rs {
+            v.feed(r)?;
+        }
+        Ok(v.count())
+    }
+
+    #[test]
+    fn chain_detects_edits_inserts_and_deletes() {
+        let rs = chain((0, GENESIS.to_vec()), (1..=5).map(rec).collect());
+        assert_eq!(verify(&rs), Ok(5));
+        // continuing a chain from its head
+        let more = chain((5, rs[4].hash.clone()), vec![rec(6)]);
+        let mut all = rs.clone();
+        all.extend(more);
+        assert_eq!(verify(&all), Ok(6));
+
+        let mut edited = rs.clone();
+        edited[2].record.status = 500;
+        assert_eq!(verify(&edited).unwrap_err().seq, 3);
+
+        let mut deleted = rs.clone();
+        deleted.remove(1);
+        assert_eq!(verify(&deleted).unwrap_err().seq, 2);
+
+        let mut inserted = rs.clone();
+        let mut fake = rs[1].clone();
+        fake.seq = 3;
+        inserted.insert(2, fake);
+        assert!(verify(&inserted).is_err());
+
+        // re-hashing an edited record still breaks the next link
+        let mut rehashed = rs.clone();
+        rehashed[1].record.operation = "secret.write".into();
+        rehashed[1].hash = chain_hash(&rehashed[1].prev_hash, 2, &rehashed[1].record).to_vec();
+        assert_eq!(verify(&rehashed).unwrap_err().seq, 3);
+    }
+}
