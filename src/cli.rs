@@ -7,11 +7,14 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use crate::audit::{Verifier, to_hex};
+use crate::authz::{Role, Scope};
 use crate::bootstrap::{self, Location};
-use crate::config::{DbArgs, ServeConfig};
+use crate::config::{DbArgs, ServeConfig, StoreArgs};
 use crate::http::ratelimit::FailLimiter;
 use crate::http::{self, AppState};
 use crate::path::{PathArg, SecretPath};
+use crate::service::{RequestCtx, Service};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +40,245 @@ pub enum Command {
     /// another (e.g. the embedded store into PostgreSQL). Values stay
     /// encrypted: the same master key opens the copy.
     Migrate(MigrateArgs),
+    /// Manage scoped tokens (works while the server runs).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Inspect the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints the token alone on stdout (it is shown only once).
+    Create {
+        /// A unique name (1-64 of A-Z a-z 0-9 - _ . @).
+        #[arg(long)]
+        name: String,
+        /// viewer (keys and metadata), editor (also values, new versions, deletes) or admin (also creates secrets and tokens).
+        #[arg(long)]
+        role: Role,
+        /// A secret group the token covers (repeatable), e.g. tfy-secret/acme/prod; tfy-secret is everything.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 30d or 12h; none means it never expires.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<std::time::Duration>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a token by name or id, at once on every replica.
+    Revoke {
+        /// The token's name or id.
+        token: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; exit 1 naming the first broken record.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print audit records, oldest first.
+    Tail {
+        /// Only records at or after this time: RFC 3339 (2026-11-23T10:00:00Z) or an age (1h, 30m).
+        #[arg(long)]
+        since: Option<String>,
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Opens the store named by `args` for a command that needs no keys.
+async fn open_for_cli(args: &StoreArgs) -> anyhow::Result<Service> {
+    let loc = args.location();
+    if let Location::DataDir(d) = &loc {
+        anyhow::ensure!(
+            d.join(bootstrap::DB_FILE).exists(),
+            "{} holds no secretd store ({} is missing); pass --data-dir or --database-url",
+            d.display(),
+            bootstrap::DB_FILE
+        );
+    }
+    let store = bootstrap::open_store(&loc, &args.db.settings())
+        .await
+        .with_context(|| format!("opening {loc}"))?;
+    Ok(Service::without_keys(store))
+}
+
+fn show_time(ms: Option<i64>) -> String {
+    ms.map_or_else(
+        || "-".to_owned(),
+        |ms| {
+            let t = std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            humantime::format_rfc3339_seconds(t).to_string()
+        },
+    )
+}
+
+async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    let ctx = RequestCtx::operator();
+    match cmd {
+        TokenCommand::Create {
+            name,
+            role,
+            scopes,
+            ttl,
+            store,
+        } => {
+            let svc = open_for_cli(&store).await?;
+            let scopes = scopes
+                .iter()
+                .map(|s| Scope::parse(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let t = svc.create_token(&ctx, &name, role, scopes, ttl).await?;
+            println!("{}", t.token.as_str());
+            eprintln!(
+                "created token {} ({}), role {}, expires {}; it is shown only this once",
+                t.info.row.name,
+                t.info.row.id,
+                t.info.role,
+                show_time(t.info.row.expires_at)
+            );
+        }
+        TokenCommand::List { json, store } => {
+            let svc = open_for_cli(&store).await?;
+            for t in svc.list_tokens(&ctx).await? {
+                let scopes: Vec<&str> = t.scopes.iter().map(Scope::as_str).collect();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "id": t.row.id, "name": t.row.name, "role": t.role.as_str(), "scopes": scopes,
+                            "created_at": t.row.created_at, "created_by": t.row.created_by,
+                            "expires_at": t.row.expires_at, "last_used_at": t.row.last_used_at,
+                            "revoked_at": t.row.revoked_at,
+                        })
+                    );
+                } else {
+                    let state = if t.row.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\texpires {}\tlast used {}",
+                        t.row.id,
+                        t.row.name,
+                        t.role,
+                        scopes.join(","),
+                        state,
+                        show_time(t.row.expires_at),
+                        show_time(t.row.last_used_at)
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke { token, store } => {
+            let svc = open_for_cli(&store).await?;
+            let t = svc.revoke_token(&ctx, &token).await?;
+            println!("revoked {} ({})", t.row.name, t.row.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    const PAGE: usize = 1000;
+    match cmd {
+        AuditCommand::Verify { store } => {
+            let svc = open_for_cli(&store).await?;
+            let mut v = Verifier::default();
+            let mut after = 0;
+            loop {
+                let page = svc.store().audit_page(after, PAGE).await?;
+                for r in &page {
+                    if let Err(b) = v.feed(r) {
+                        eprintln!("{b}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+                match page.last() {
+                    Some(last) if page.len() == PAGE => after = last.seq,
+                    _ => break,
+                }
+            }
+            println!(
+                "audit chain intact: {} records, head {}",
+                v.count(),
+                to_hex(v.head_hash())
+            );
+        }
+        AuditCommand::Tail { since, json, store } => {
+            let svc = open_for_cli(&store).await?;
+            let since_ms = match since.as_deref() {
+                None => i64::MIN,
+                Some(s) => {
+                    let t = match humantime::parse_rfc3339_weak(s) {
+                        Ok(t) => t,
+                        Err(_) => std::time::SystemTime::now()
+                            .checked_sub(humantime::parse_duration(s).map_err(|_| {
+                                anyhow::anyhow!(
+                                    "--since must be an RFC 3339 time or an age such as 1h"
+                                )
+                            })?)
+                            .unwrap_or(std::time::UNIX_EPOCH),
+                    };
+                    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+                }
+            };
+            let mut after = 0;
+            loop {
+                let page = svc.store().audit_page(after, PAGE).await?;
+                for r in page.iter().filter(|r| r.record.time_ms >= since_ms) {
+                    if json {
+                        println!("{}", serde_json::to_string(r)?);
+                    } else {
+                        let a = &r.record;
+                        println!(
+                            "{} #{} {} {} path={} version={} status={} token={} client={} request={}",
+                            show_time(Some(a.time_ms)),
+                            r.seq,
+                            a.operation,
+                            a.outcome,
+                            a.path.as_deref().unwrap_or("-"),
+                            a.version.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                            a.status,
+                            a.token_name.as_deref().unwrap_or("-"),
+                            a.client.as_deref().unwrap_or("-"),
+                            a.request_id
+                        );
+                    }
+                }
+                match page.last() {
+                    Some(last) if page.len() == PAGE => after = last.seq,
+                    _ => break,
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +303,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve(cfg).await
         }
         Command::Migrate(args) => migrate(args).await,
+        Command::Token(cmd) => token(cmd).await,
+        Command::Audit(cmd) => audit(cmd).await,
         Command::Path { name } => {
             // A path has slashes (or is the root); an FQN has colons.
             let looks_like_path = name.contains('/') || name == crate::path::ROOT;

@@ -176,7 +176,8 @@ impl AuditSink {
 
 pub struct Service {
     store: Arc<dyn Store>,
-    keyring: Arc<Keyring>,
+    /// `None` for CLI commands that never touch values (tokens, audit).
+    keyring: Option<Arc<Keyring>>,
     limits: Limits,
     audit: AuditSink,
     /// When each token's `last_used_at` was last written (throttle).
@@ -201,11 +202,35 @@ impl Service {
         let audit = AuditSink::start(Arc::clone(&store));
         Service {
             store,
-            keyring: Arc::new(keyring),
+            keyring: Some(Arc::new(keyring)),
             limits,
             audit,
             touched: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A service for commands that manage tokens or read the audit log and
+    /// never touch values: no master key needed.
+    pub fn without_keys(store: Arc<dyn Store>) -> Self {
+        let audit = AuditSink::start(Arc::clone(&store));
+        Service {
+            store,
+            keyring: None,
+            limits: Limits::default(),
+            audit,
+            touched: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn keyring(&self) -> Result<&Arc<Keyring>, Error> {
+        self.keyring
+            .as_ref()
+            .ok_or_else(|| Error::Internal("no keyring loaded".into()))
+    }
+
+    /// The store, for commands that walk it (audit verify, tail).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     pub fn limits(&self) -> Limits {
@@ -246,7 +271,7 @@ impl Service {
                 message: format!("value is larger than {} bytes", self.limits.max_value_bytes),
             });
         }
-        let keyring = Arc::clone(&self.keyring);
+        let keyring = Arc::clone(self.keyring()?);
         let seal_path = path.clone();
         let seal = Box::new(move |v: Version| keyring.seal(&seal_path, v, value.as_bytes()));
         let wctx = WriteCtx {
@@ -284,7 +309,7 @@ impl Service {
             detail: detail.to_owned(),
         };
         let mut plain = self
-            .keyring
+            .keyring()?
             .open(path, row.version, &row.envelope)
             .map_err(|e| corrupt(&e.to_string()))?;
         // Move the bytes out of the zeroizing buffer without copying them.
@@ -523,7 +548,7 @@ impl Service {
         let mut out = Vec::new();
         for row in self.store.tokens().await? {
             let info = token_info(row)?;
-            if !info.scopes.is_empty() && info.scopes.iter().all(|s| p.covers_scope(s)) {
+            if info.scopes.iter().all(|s| p.covers_scope(s)) {
                 out.push(info);
             }
         }

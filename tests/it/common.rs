@@ -288,6 +288,9 @@ macro_rules! both_backends {
 /// An in-process server on a random port and a temp data dir.
 pub struct TestServer {
     pub client: Client,
+    pub backend: Backend,
+    /// The embedded store's data dir (unused on PostgreSQL).
+    pub data_dir: PathBuf,
     _dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -306,7 +309,7 @@ impl TestServer {
         ];
         // Tests send many bad keys on purpose; the limiter has its own test.
         cfg.auth_fail_limit = 0;
-        if let Backend::Postgres(url) = backend {
+        if let Backend::Postgres(url) = backend.clone() {
             cfg.store.database_url = Some(SecretString::new(url));
             cfg.master_key = Some(SecretString::new(MASTER_KEY.into()));
         }
@@ -333,8 +336,52 @@ impl TestServer {
                 addr,
                 key: KEY.into(),
             },
+            backend,
+            data_dir: dir.path().join("data"),
             _dir: dir,
             shutdown: Some(tx),
+        }
+    }
+
+    /// The store flags a CLI command needs to open this server's store.
+    pub fn store_args(&self) -> Vec<String> {
+        match &self.backend {
+            Backend::Sqlite => vec!["--data-dir".into(), self.data_dir.display().to_string()],
+            Backend::Postgres(url) => vec!["--database-url".into(), url.clone()],
+        }
+    }
+
+    /// Runs `secretd <args> <store flags>`; returns (exit ok, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .args(self.store_args())
+            .env_remove("SECRETD_DATABASE_URL")
+            .output()
+            .expect("run secretd");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs SQL directly against this server's store (to tamper with it).
+    pub async fn sql(&self, sql: &str) {
+        match &self.backend {
+            Backend::Sqlite => {
+                let db =
+                    rusqlite::Connection::open(self.data_dir.join("secretd.db")).expect("open");
+                db.busy_timeout(Duration::from_secs(5)).expect("busy");
+                db.execute_batch(sql).expect("sql");
+            }
+            Backend::Postgres(url) => {
+                let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
+                tokio::spawn(conn);
+                c.batch_execute(sql).await.expect("sql");
+            }
         }
     }
 

@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod common;
 mod contract;
+mod groups;
 mod outage;
 mod postgres;
 mod process;

@@ -1,0 +1,894 @@
+//! Secret groups: scoped tokens and roles, listing, metadata, the audit log
+//! and the failed-auth limiter, on both backends.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+crate::both_backends!(
+    role_and_scope_matrix,
+    empty_scope_and_bad_token_requests,
+    expiry_and_revocation_take_effect_at_once,
+    listing_is_paginated_sorted_and_stable,
+    metadata_shows_every_version_and_its_author,
+    every_request_is_audited_without_values,
+    audit_verify_catches_tampering,
+    reads_fail_closed_when_the_audit_log_cannot_be_written,
+);
+
+/// Creates a token through the API with the static admin key.
+async fn token(c: &Client, name: &str, role: &str, scopes: &[&str], ttl: Option<&str>) -> String {
+    let mut body = json!({ "name": name, "role": role, "scopes": scopes });
+    if let Some(t) = ttl {
+        body["ttl"] = json!(t);
+    }
+    let h = [
+        ("x-api-key", c.key.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let r = send(
+        c.addr,
+        "POST",
+        "/v1/tokens",
+        &h,
+        Some(body.to_string().as_bytes()),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!(j["name"], name);
+    assert_eq!(j["role"], role);
+    j["token"].as_str().expect("token").to_owned()
+}
+
+fn as_token(c: &Client, t: &str) -> Client {
+    Client {
+        addr: c.addr,
+        key: t.to_owned(),
+    }
+}
+
+async fn role_and_scope_matrix(b: Backend) {
+    let s = TestServer::start_on(b).await;
+    let admin = &s.client;
+    let secret = "matrix-secret-value-5e1f";
+    for p in [
+        "tfy-secret/acme/db",
+        "tfy-secret/acme-evil/x",
+        "tfy-secret/other/y",
+    ] {
+        admin.put_ok(p, secret).await;
+        admin.put_ok(p, secret).await;
+    }
+    let mut tokens = Vec::new();
+    for role in ["viewer", "editor", "admin"] {
+        tokens.push((
+            role,
+            token(
+                admin,
+                &format!("{role}-acme"),
+                role,
+                &["tfy-secret/acme"],
+                None,
+            )
+            .await,
+        ));
+    }
+    // (operation, expected status per role: viewer, editor, admin)
+    for (role, t) in &tokens {
+        let c = as_token(admin, t);
+        let i = match *role {
+            "viewer" => 0,
+            "editor" => 1,
+            _ => 2,
+        };
+        let pick = |v: [u16; 3]| v[i];
+        for (label, r, want) in [
+            (
+                "read latest",
+                c.get("tfy-secret/acme/db", None).await,
+                pick([403, 200, 200]),
+            ),
+            (
+                "read version",
+                c.get("tfy-secret/acme/db", Some("2")).await,
+                pick([403, 200, 200]),
+            ),
+            ("validation call", c.get("tfy-secret", None).await, 200),
+            (
+                "list group",
+                c.get_uri("/secrets?path=tfy-secret/acme&list=true").await,
+                200,
+            ),
+            (
+                "list root",
+                c.get_uri("/secrets?path=tfy-secret&list=true").await,
+                200,
+            ),
+            (
+                "metadata",
+                c.get_uri("/secrets?path=tfy-secret/acme/db&metadata=true")
+                    .await,
+                200,
+            ),
+            (
+                "put existing",
+                c.put("tfy-secret/acme/db", "new").await,
+                pick([403, 200, 200]),
+            ),
+            (
+                "put new",
+                c.put(&format!("tfy-secret/acme/new-{role}"), "v").await,
+                pick([403, 403, 200]),
+            ),
+            (
+                "delete version",
+                c.delete("tfy-secret/acme/db", Some(json!(1))).await,
+                pick([403, 200, 400]),
+            ),
+            (
+                "list tokens",
+                send(c.addr, "GET", "/v1/tokens", &c.auth(), None).await,
+                pick([403, 403, 200]),
+            ),
+            // whole segments only, and other groups, whatever the role
+            (
+                "read acme-evil",
+                c.get("tfy-secret/acme-evil/x", None).await,
+                403,
+            ),
+            (
+                "put acme-evil",
+                c.put("tfy-secret/acme-evil/x", "evil").await,
+                403,
+            ),
+            (
+                "delete acme-evil",
+                c.delete("tfy-secret/acme-evil/x", None).await,
+                403,
+            ),
+            (
+                "metadata other",
+                c.get_uri("/secrets?path=tfy-secret/other/y&metadata=true")
+                    .await,
+                403,
+            ),
+            (
+                "list other",
+                c.get_uri("/secrets?path=tfy-secret/other&list=true").await,
+                403,
+            ),
+        ] {
+            assert_eq!(
+                r.status,
+                want,
+                "{role}: {label}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            let body = String::from_utf8_lossy(&r.body);
+            if r.status == 403 {
+                assert_eq!(r.error_code(), "forbidden", "{role}: {label}");
+                let m = r.json()["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                assert!(
+                    m.contains("role") || m.contains("scope"),
+                    "{role}: {label}: {m}"
+                );
+            }
+            if label != "read latest" && label != "read version" {
+                assert!(!body.contains(secret), "{role}: {label} leaked the value");
+            }
+        }
+        // listing never shows what the token may not see
+        let r = c.get_uri("/secrets?path=tfy-secret&list=true").await;
+        let paths: Vec<String> = r.json()["secrets"]
+            .as_array()
+            .unwrap_or(&Vec::new())
+            .iter()
+            .map(|i| i["path"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert!(
+            paths.iter().all(|p| p.starts_with("tfy-secret/acme/")),
+            "{role}: {paths:?}"
+        );
+        assert!(paths.contains(&"tfy-secret/acme/db".to_owned()));
+    }
+    // an editor may not bring back a secret whose versions are all deleted
+    let editor = as_token(admin, &tokens[1].1);
+    admin.put_ok("tfy-secret/acme/gone", "x").await;
+    assert_eq!(
+        editor.delete("tfy-secret/acme/gone", None).await.status,
+        200
+    );
+    let r = editor.put("tfy-secret/acme/gone", "back").await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
+    // a tenant admin manages tokens only inside its tenant
+    let tenant = as_token(admin, &tokens[2].1);
+    let h = [
+        ("x-api-key", tenant.key.as_str()),
+        ("content-type", "application/json"),
+    ];
+    for (scopes, want) in [
+        (json!(["tfy-secret/acme/prod"]), 201),
+        (json!(["tfy-secret/acme"]), 201),
+        (json!(["tfy-secret/acme-evil"]), 403),
+        (json!(["tfy-secret"]), 403),
+        (json!(["tfy-secret/acme", "tfy-secret/other"]), 403),
+    ] {
+        let name = format!("sub-{}", scopes.to_string().len());
+        let body = json!({ "name": name, "role": "editor", "scopes": scopes });
+        let r = send(
+            tenant.addr,
+            "POST",
+            "/v1/tokens",
+            &h,
+            Some(body.to_string().as_bytes()),
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            want,
+            "{scopes}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let _ = send(
+            tenant.addr,
+            "DELETE",
+            &format!("/v1/tokens/{name}"),
+            &tenant.auth(),
+            None,
+        )
+        .await;
+    }
+    let listed = send(tenant.addr, "GET", "/v1/tokens", &tenant.auth(), None)
+        .await
+        .json();
+    for t in listed["tokens"].as_array().expect("tokens") {
+        assert!(t.get("token").is_none(), "a listing shows a token");
+        for sc in t["scopes"].as_array().expect("scopes") {
+            assert!(
+                sc.as_str()
+                    .is_some_and(|s| s == "tfy-secret/acme" || s.starts_with("tfy-secret/acme/")),
+                "{t}"
+            );
+        }
+    }
+    // it cannot revoke a root admin's token it cannot see
+    let root_token = token(admin, "root-admin", "admin", &["tfy-secret"], None).await;
+    assert_eq!(
+        send(
+            tenant.addr,
+            "DELETE",
+            "/v1/tokens/root-admin",
+            &tenant.auth(),
+            None
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        as_token(admin, &root_token)
+            .get("tfy-secret/other/y", None)
+            .await
+            .status,
+        200
+    );
+    // names are unique
+    let h = [("x-api-key", KEY), ("content-type", "application/json")];
+    let body =
+        json!({ "name": "root-admin", "role": "viewer", "scopes": ["tfy-secret"] }).to_string();
+    let r = send(admin.addr, "POST", "/v1/tokens", &h, Some(body.as_bytes())).await;
+    assert_eq!((r.status, r.error_code().as_str()), (409, "conflict"));
+}
+
+async fn empty_scope_and_bad_token_requests(b: Backend) {
+    let s = TestServer::start_on(b).await;
+    let admin = &s.client;
+    admin.put_ok("tfy-secret/a/b", "v").await;
+    let nothing = as_token(admin, &token(admin, "nothing", "admin", &[], None).await);
+    for r in [
+        nothing.get("tfy-secret/a/b", None).await,
+        nothing.put("tfy-secret/a/c", "v").await,
+        nothing.get_uri("/secrets?path=tfy-secret&list=true").await,
+    ] {
+        assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no scope")
+        );
+    }
+    let h = [("x-api-key", KEY), ("content-type", "application/json")];
+    for (body, code) in [
+        (
+            json!({ "role": "viewer", "scopes": ["tfy-secret"] }),
+            "missing_field",
+        ),
+        (
+            json!({ "name": "x", "role": "root", "scopes": ["tfy-secret"] }),
+            "invalid_field",
+        ),
+        (
+            json!({ "name": "x", "role": "viewer", "scopes": "tfy-secret" }),
+            "invalid_field",
+        ),
+        (
+            json!({ "name": "x", "role": "viewer", "scopes": ["other/x"] }),
+            "invalid_path",
+        ),
+        (
+            json!({ "name": "x", "role": "viewer", "scopes": ["tfy-secret/a"], "ttl": "soon" }),
+            "invalid_field",
+        ),
+        (
+            json!({ "name": "bad name!", "role": "viewer", "scopes": ["tfy-secret/a"] }),
+            "invalid_field",
+        ),
+    ] {
+        let r = send(
+            admin.addr,
+            "POST",
+            "/v1/tokens",
+            &h,
+            Some(body.to_string().as_bytes()),
+        )
+        .await;
+        assert_eq!((r.status, r.error_code().as_str()), (400, code), "{body}");
+    }
+    let r = admin
+        .get_uri("/secrets?path=tfy-secret&list=true&cursor=%%%")
+        .await;
+    assert_eq!(r.status, 400);
+    for q in [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "list=maybe",
+        "list=true&metadata=true",
+        "list=true&version=1",
+    ] {
+        let r = admin
+            .get_uri(&format!("/secrets?path=tfy-secret/a&{q}"))
+            .await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (400, "invalid_query"),
+            "{q}"
+        );
+    }
+    assert_eq!(
+        send(
+            admin.addr,
+            "DELETE",
+            "/v1/tokens/no-such-token",
+            &admin.auth(),
+            None
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        send(admin.addr, "PUT", "/v1/tokens", &admin.auth(), None)
+            .await
+            .status,
+        405
+    );
+}
+
+async fn expiry_and_revocation_take_effect_at_once(b: Backend) {
+    let s = TestServer::start_on(b).await;
+    let admin = &s.client;
+    admin.put_ok("tfy-secret/t/x", "v").await;
+    let short = as_token(
+        admin,
+        &token(admin, "short", "editor", &["tfy-secret/t"], Some("1s")).await,
+    );
+    let revoked = as_token(
+        admin,
+        &token(admin, "to-revoke", "editor", &["tfy-secret/t"], None).await,
+    );
+    assert_eq!(short.get("tfy-secret/t/x", None).await.status, 200);
+    assert_eq!(revoked.get("tfy-secret/t/x", None).await.status, 200);
+    let r = send(
+        admin.addr,
+        "DELETE",
+        "/v1/tokens/to-revoke",
+        &admin.auth(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["revoked"], true);
+    let unknown = as_token(admin, "sdt_unknown-token-value");
+    let baseline = unknown.get("tfy-secret/t/x", None).await;
+    assert_eq!(baseline.status, 401);
+    let after_revoke = revoked.get("tfy-secret/t/x", None).await;
+    assert_eq!(after_revoke.status, 401);
+    assert_eq!(
+        after_revoke.body, baseline.body,
+        "401 for a revoked token differs from an unknown one"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after_expiry = short.get("tfy-secret/t/x", None).await;
+    assert_eq!(after_expiry.status, 401);
+    assert_eq!(
+        after_expiry.body, baseline.body,
+        "401 for an expired token differs from an unknown one"
+    );
+    // revoking twice: 404
+    assert_eq!(
+        send(
+            admin.addr,
+            "DELETE",
+            "/v1/tokens/to-revoke",
+            &admin.auth(),
+            None
+        )
+        .await
+        .status,
+        404
+    );
+    // the listing shows the revocation and last use, never the token
+    let list = send(admin.addr, "GET", "/v1/tokens", &admin.auth(), None)
+        .await
+        .json();
+    let t = list["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .find(|t| t["name"] == "to-revoke")
+        .cloned()
+        .expect("listed");
+    assert!(t["revoked_at"].is_string(), "{t}");
+    assert!(t["last_used_at"].is_string() || t["last_used_at"].is_null());
+    assert!(t.get("token").is_none());
+}
+
+async fn listing_is_paginated_sorted_and_stable(b: Backend) {
+    let s = TestServer::start_on(b).await;
+    let c = s.client.clone();
+    let mut expected = BTreeSet::new();
+    let mut tasks = Vec::new();
+    for i in 0..250 {
+        let c = c.clone();
+        let p = format!("tfy-secret/list/g{}/s{:03}", i % 3, i);
+        expected.insert(p.clone());
+        tasks.push(tokio::spawn(async move { c.put_ok(&p, "v").await }));
+    }
+    for t in tasks {
+        t.await.expect("put");
+    }
+    c.put_ok("tfy-secret/list-other/x", "v").await; // a sibling prefix, never listed
+    c.put_ok("tfy-secret/list/deleted", "v").await;
+    assert_eq!(c.delete("tfy-secret/list/deleted", None).await.status, 200);
+
+    // page through while writers add versions and new secrets elsewhere
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (c, stop) = (c.clone(), std::sync::Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                c.put_ok(
+                    &format!("tfy-secret/list/g{}/s{:03}", i % 3, (i * 7) % 250),
+                    "w",
+                )
+                .await;
+                c.put_ok(&format!("tfy-secret/churn/n{i}"), "w").await;
+                i += 1;
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut uri = "/secrets?path=tfy-secret/list&list=true&limit=40".to_owned();
+        if let Some(cur) = &cursor {
+            uri.push_str(&format!("&cursor={}", enc(cur)));
+        }
+        let r = c.get_uri(&uri).await;
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        let j = r.json();
+        let items = j["secrets"].as_array().expect("secrets").clone();
+        assert!(items.len() <= 40);
+        for i in &items {
+            assert!(i["version"].as_u64().is_some_and(|v| v >= 1));
+            assert!(i["updated_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+            seen.push(i["path"].as_str().expect("path").to_owned());
+        }
+        pages += 1;
+        match j["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await.expect("writer");
+    assert!(pages >= 7, "{pages} pages");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "pages are sorted by path with no duplicates");
+    assert_eq!(
+        seen.into_iter().collect::<BTreeSet<_>>(),
+        expected,
+        "every secret exactly once, nothing else"
+    );
+
+    // a group prefix lists only whole segments below it
+    let r = c
+        .get_uri("/secrets?path=tfy-secret/list/g1&list=true&limit=1000")
+        .await
+        .json();
+    let g1 = r["secrets"].as_array().expect("secrets");
+    assert_eq!(
+        g1.len(),
+        expected
+            .iter()
+            .filter(|p| p.starts_with("tfy-secret/list/g1/"))
+            .count()
+    );
+    // the root lists everything
+    let r = c
+        .get_uri("/secrets?path=tfy-secret&list=true&limit=1000")
+        .await
+        .json();
+    assert!(r["secrets"].as_array().expect("secrets").len() > 250);
+}
+
+async fn metadata_shows_every_version_and_its_author(b: Backend) {
+    let s = TestServer::start_on(b).await;
+    let admin = &s.client;
+    admin.put_ok("tfy-secret/meta/x", "one").await;
+    let editor = as_token(
+        admin,
+        &token(admin, "meta-editor", "editor", &["tfy-secret/meta"], None).await,
+    );
+    assert_eq!(editor.put("tfy-secret/meta/x", "two").await.status, 200);
+    admin.put_ok("tfy-secret/meta/x", "three").await;
+    assert_eq!(
+        admin
+            .delete("tfy-secret/meta/x", Some(json!(3)))
+            .await
+            .status,
+        200
+    );
+    let viewer = as_token(
+        admin,
+        &token(admin, "meta-viewer", "viewer", &["tfy-secret/meta"], None).await,
+    );
+    let r = viewer
+        .get_uri("/secrets?path=tfy-secret/meta/x&metadata=true")
+        .await;
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    for v in ["one", "two", "three"] {
+        assert!(
+            !body.contains(&format!("\"{v}\"")),
+            "metadata shows a value: {body}"
+        );
+    }
+    let j = r.json();
+    assert_eq!(j["latest"], 2);
+    let versions = j["versions"].as_array().expect("versions");
+    assert_eq!(versions.len(), 3);
+    let list = send(admin.addr, "GET", "/v1/tokens", &admin.auth(), None)
+        .await
+        .json();
+    let editor_id = list["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .find(|t| t["name"] == "meta-editor")
+        .map(|t| t["id"].clone())
+        .expect("id");
+    assert_eq!(versions[0]["created_by"], "static-1");
+    assert_eq!(versions[1]["created_by"], editor_id);
+    assert!(versions[0]["deleted_at"].is_null());
+    assert!(versions[2]["deleted_at"].is_string());
+    assert!(versions.iter().all(|v| v["created_at"].is_string()));
+    assert_eq!(
+        viewer
+            .get_uri("/secrets?path=tfy-secret/meta/none&metadata=true")
+            .await
+            .status,
+        404
+    );
+}
+
+/// Every audit record in the store, via `secretd audit tail --json`.
+fn audit_records(s: &TestServer) -> Vec<Value> {
+    let (ok, out, err) = s.cli(&["audit", "tail", "--json"]);
+    assert!(ok, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+async fn every_request_is_audited_without_values(b: Backend) {
+    let s = TestServer::start_on(b).await;
+    let c = &s.client;
+    let canary = "audit-canary-value-77c1";
+    let before = audit_records(&s).len();
+    let mut ids = Vec::new();
+    let mut record = |r: Resp| ids.push((r.header("x-request-id").to_owned(), r.status));
+    record(c.put("tfy-secret/aud/x", canary).await);
+    record(c.put("tfy-secret/aud/x", canary).await);
+    record(c.get("tfy-secret/aud/x", None).await);
+    record(c.get("tfy-secret/aud/x", Some("1")).await);
+    record(c.get("tfy-secret/aud/missing", None).await);
+    record(c.get("tfy-secret", None).await);
+    record(c.get_uri("/secrets?path=tfy-secret/aud&list=true").await);
+    record(
+        c.get_uri("/secrets?path=tfy-secret/aud/x&metadata=true")
+            .await,
+    );
+    record(c.delete("tfy-secret/aud/x", Some(json!(1))).await);
+    record(c.delete("tfy-secret/aud/x", Some(json!(1))).await); // 400: already deleted
+    record(c.put("bad/path", canary).await);
+    record(
+        c.json(
+            "PUT",
+            &format!(r#"{{"path":"tfy-secret/aud/y","value":{{"{canary}":1}}}}"#),
+        )
+        .await,
+    );
+    record(as_token(c, "wrong-key").get("tfy-secret/aud/x", None).await);
+    record(send(c.addr, "GET", "/secrets?path=tfy-secret/aud/x", &[], None).await);
+    record(send(c.addr, "GET", "/v1/tokens", &c.auth(), None).await);
+    let t = token(c, "aud-token", "viewer", &["tfy-secret/aud"], None).await;
+    record(as_token(c, &t).get("tfy-secret/aud/x", None).await);
+    record(send(c.addr, "DELETE", "/v1/tokens/aud-token", &c.auth(), None).await);
+    ids.push(("<token.create>".into(), 201));
+    let records = audit_records(&s);
+    let new: Vec<&Value> = records[before..].iter().collect();
+    assert_eq!(new.len(), ids.len(), "one record per request: {new:#?}");
+    for (id, status) in ids.iter().filter(|(id, _)| id != "<token.create>") {
+        let matching: Vec<_> = new
+            .iter()
+            .filter(|r| r["request_id"] == id.as_str())
+            .collect();
+        assert_eq!(matching.len(), 1, "request {id}");
+        assert_eq!(
+            matching[0]["status"], *status,
+            "request {id}: {}",
+            matching[0]
+        );
+    }
+    let text = serde_json::to_string(&new).expect("json");
+    assert!(!text.contains(canary), "a value reached the audit log");
+    assert!(
+        !text.contains(KEY) && !text.contains(&t) && !text.contains("wrong-key"),
+        "a key reached the audit log"
+    );
+    let ops: BTreeSet<&str> = new.iter().filter_map(|r| r["operation"].as_str()).collect();
+    for op in [
+        "secret.write",
+        "secret.read",
+        "secret.list",
+        "secret.metadata",
+        "secret.delete",
+        "token.create",
+        "token.list",
+        "token.revoke",
+    ] {
+        assert!(ops.contains(op), "no {op} record: {ops:?}");
+    }
+    let outcomes: BTreeSet<&str> = new.iter().filter_map(|r| r["outcome"].as_str()).collect();
+    for o in ["ok", "not_found", "invalid", "unauthenticated", "denied"] {
+        assert!(outcomes.contains(o), "no {o} outcome: {outcomes:?}");
+    }
+    let w = new
+        .iter()
+        .find(|r| r["operation"] == "secret.write")
+        .expect("write");
+    assert_eq!(w["token_id"], "static-1");
+    assert_eq!(w["path"], "tfy-secret/aud/x");
+    assert_eq!(w["version"], 1);
+    assert!(
+        w["client"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    );
+    let unauth = new
+        .iter()
+        .find(|r| r["outcome"] == "unauthenticated")
+        .expect("401");
+    assert!(unauth["token_id"].is_null());
+    let (ok, out, err) = s.cli(&["audit", "verify"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&format!("{} records", records.len())), "{out}");
+    let (ok, out, _) = s.cli(&["audit", "tail", "--since", "1h"]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), records.len());
+    let (ok, out, _) = s.cli(&["audit", "tail", "--since", "2999-01-01T00:00:00Z"]);
+    assert!(ok && out.is_empty());
+}
+
+async fn audit_verify_catches_tampering(b: Backend) {
+    let s = TestServer::start_on(b).await;
+    let c = &s.client;
+    for i in 0..6 {
+        c.put_ok(&format!("tfy-secret/chain/s{i}"), "v").await;
+    }
+    let verify = || s.cli(&["audit", "verify"]);
+    let (ok, out, err) = verify();
+    assert!(ok, "{out}{err}");
+    // edit a record
+    s.sql("UPDATE audit_log SET status = 500 WHERE seq = 3")
+        .await;
+    let (ok, _, err) = verify();
+    assert!(!ok);
+    assert!(err.contains("record 3"), "{err}");
+    s.sql("UPDATE audit_log SET status = 200 WHERE seq = 3")
+        .await;
+    assert!(verify().0, "restoring the field restores the chain");
+    // delete a record
+    s.sql("CREATE TABLE saved AS SELECT * FROM audit_log WHERE seq = 4; DELETE FROM audit_log WHERE seq = 4").await;
+    let (ok, _, err) = verify();
+    assert!(!ok);
+    assert!(err.contains("record 4"), "{err}");
+    s.sql("INSERT INTO audit_log SELECT * FROM saved; DROP TABLE saved")
+        .await;
+    assert!(verify().0);
+    // insert a forged record between 2 and 3 (renumbering the rest)
+    s.sql(
+        "UPDATE audit_log SET seq = seq + 1000 WHERE seq >= 3;
+         UPDATE audit_log SET seq = seq - 999 WHERE seq >= 1003;
+         INSERT INTO audit_log (seq, time, request_id, operation, outcome, status, prev_hash, hash)
+           SELECT 3, time, 'forged', 'secret.read', 'ok', 200, hash, hash FROM audit_log WHERE seq = 2",
+    )
+    .await;
+    let (ok, _, err) = verify();
+    assert!(!ok);
+    assert!(err.contains("record 3"), "{err}");
+}
+
+async fn reads_fail_closed_when_the_audit_log_cannot_be_written(b: Backend) {
+    let s = TestServer::start_on(b.clone()).await;
+    let c = &s.client;
+    let value = "fail-closed-value-31aa";
+    c.put_ok("tfy-secret/closed/x", value).await;
+    match b {
+        Backend::Sqlite => {
+            s.sql(
+                "CREATE TRIGGER no_reads BEFORE INSERT ON audit_log WHEN NEW.operation = 'secret.read'
+                 BEGIN SELECT RAISE(ABORT, 'audit refused'); END;",
+            )
+            .await
+        }
+        Backend::Postgres(_) => {
+            s.sql(
+                "CREATE FUNCTION no_reads() RETURNS trigger AS $$ BEGIN
+                   IF NEW.operation = 'secret.read' THEN RAISE EXCEPTION 'audit refused'; END IF;
+                   RETURN NEW; END $$ LANGUAGE plpgsql;
+                 CREATE TRIGGER no_reads BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION no_reads();",
+            )
+            .await
+        }
+    }
+    let r = c.get("tfy-secret/closed/x", None).await;
+    assert_eq!((r.status, r.error_code().as_str()), (503, "unavailable"));
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains(value),
+        "the value was released without its audit record"
+    );
+    // writes carry their record in their own transaction: still fine
+    c.put_ok("tfy-secret/closed/x", "more").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_authentication_is_rate_limited_per_address() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.auth_fail_limit = 5;
+        c.auth_fail_window = Duration::from_secs(60);
+    })
+    .await;
+    let c = &s.client;
+    let bad = as_token(c, "not-a-key");
+    for i in 0..5 {
+        assert_eq!(
+            bad.get("tfy-secret/x", None).await.status,
+            401,
+            "attempt {i}"
+        );
+    }
+    let r = bad.get("tfy-secret/x", None).await;
+    assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
+    let retry: u64 = r.header("retry-after").parse().expect("Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+    // the address is locked out, good key or not, and nothing is evaluated
+    assert_eq!(c.get("tfy-secret/x", None).await.status, 429);
+    // health checks are not affected
+    assert_eq!(send(c.addr, "GET", "/healthz", &[], None).await.status, 200);
+    // and the lockout is audited
+    let recs = audit_records(&s);
+    assert!(
+        recs.iter()
+            .any(|r| r["status"] == 429 && r["outcome"] == "rate_limited")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_cli_works_while_the_server_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Proc::start(&data, &[("SECRETD_API_KEYS", KEY)]);
+    let admin = p.client(KEY);
+    admin.put_ok("tfy-secret/cli/x", "v").await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&[
+        "token",
+        "create",
+        "--name",
+        "ci",
+        "--role",
+        "editor",
+        "--scope",
+        "tfy-secret/cli",
+        "--ttl",
+        "30d",
+    ]);
+    assert!(ok, "{err}");
+    let t = out.trim().to_owned();
+    assert!(
+        t.starts_with("sdt_") && !t.contains(' ') && out.lines().count() == 1,
+        "stdout is the token alone: {out:?}"
+    );
+    let c = p.client(&t);
+    assert_eq!(c.get("tfy-secret/cli/x", None).await.json()["value"], "v");
+    let (ok, out, _) = run(&["token", "list"]);
+    assert!(
+        ok && out.contains("ci") && out.contains("editor") && !out.contains(&t),
+        "{out}"
+    );
+    let (ok, out, _) = run(&["token", "list", "--json"]);
+    assert!(ok && out.contains("\"name\":\"ci\"") && !out.contains(&t));
+    let (ok, _, err) = run(&[
+        "token",
+        "create",
+        "--name",
+        "ci",
+        "--role",
+        "viewer",
+        "--scope",
+        "tfy-secret",
+    ]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, out, err) = run(&["token", "revoke", "ci"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("revoked ci"));
+    assert_eq!(
+        c.get("tfy-secret/cli/x", None).await.status,
+        401,
+        "revocation takes effect at once"
+    );
+    let (ok, out, _) = run(&["audit", "verify"]);
+    assert!(ok, "{out}");
+    let (ok, out, _) = run(&["audit", "tail"]);
+    assert!(
+        ok && out.contains("token.create") && out.contains("token.revoke"),
+        "{out}"
+    );
+}
