@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::auth::{ApiKeys, KeyHash, generate_key};
 use crate::config::{SecretString, ServeConfig};
 use crate::crypto::{CryptoError, Keyring, MasterKey};
-use crate::service::{Limits, Service};
+use crate::service::{AuditStream, Limits, Service};
 use crate::store::postgres::{PgSettings, PgStore, is_database_url};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -37,6 +37,8 @@ pub enum BootError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    #[error("audit stream {0}")]
+    AuditStream(String),
     #[error("invalid auth header name {0:?}")]
     BadHeader(String),
 }
@@ -196,11 +198,17 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
         }
     }
 
+    let stream = match &cfg.audit_stream {
+        Some(t) => Some(Arc::new(
+            AuditStream::open(t).map_err(|e| BootError::AuditStream(format!("{t}: {e}")))?,
+        )),
+        None => None,
+    };
     let limits = Limits {
         max_value_bytes: cfg.max_value_bytes,
     };
     Ok(Opened {
-        service: Arc::new(Service::new(store, keyring, limits)),
+        service: Arc::new(Service::new(store, keyring, limits, stream)),
         api_keys: Arc::new(ApiKeys::new(keys, headers)),
         generated_key,
         generated_master_key,

@@ -83,6 +83,12 @@ pub struct ServeConfig {
     #[arg(long, env = "SECRETD_AUTH_FAIL_WINDOW", default_value = "1m", value_parser = parse_duration)]
     pub auth_fail_window: Duration,
 
+    /// Also write every audit record as a JSON line to this file (appended,
+    /// 0600), or to stdout with `-`, for a SIEM. The database keeps the
+    /// chained copy either way.
+    #[arg(long, env = "SECRETD_AUDIT_STREAM")]
+    pub audit_stream: Option<String>,
+
     /// After SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "SECRETD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -187,6 +193,7 @@ impl ServeConfig {
             api_keys: Vec::new(),
             auth_headers: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
+            audit_stream: None,
             max_body_bytes: 1024 * 1024,
             max_value_bytes: 64 * 1024,
         }

@@ -141,6 +141,54 @@ impl From<Denied> for Error {
     }
 }
 
+/// A copy of every committed audit record as one JSON line, for a SIEM
+/// (`--audit-stream`): stdout or an append-only file.
+pub struct AuditStream {
+    out: Mutex<Box<dyn std::io::Write + Send>>,
+}
+
+impl std::fmt::Debug for AuditStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditStream")
+    }
+}
+
+impl AuditStream {
+    /// `-` is stdout; anything else a file opened for appending (0600).
+    pub fn open(target: &str) -> std::io::Result<Self> {
+        let out: Box<dyn std::io::Write + Send> = if target == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            use std::os::unix::fs::OpenOptionsExt;
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(target)?,
+            )
+        };
+        Ok(AuditStream {
+            out: Mutex::new(out),
+        })
+    }
+
+    fn emit(&self, records: &[AuditRecord]) {
+        let Ok(mut out) = self.out.lock() else { return };
+        for r in records {
+            if let Ok(line) = serde_json::to_string(r) {
+                // The database holds the authoritative, chained copy; a
+                // failing stream is logged, never fatal.
+                if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                    tracing::warn!(error = %e, "audit stream write failed");
+                }
+            }
+        }
+    }
+}
+
+use std::io::Write as _;
+
 /// Batches audit records for reads and refusals: one store transaction for
 /// all records queued while the previous one committed.
 struct AuditSink {
@@ -148,7 +196,7 @@ struct AuditSink {
 }
 
 impl AuditSink {
-    fn start(store: Arc<dyn Store>) -> Self {
+    fn start(store: Arc<dyn Store>, stream: Option<Arc<AuditStream>>) -> Self {
         let (tx, mut rx) =
             mpsc::unbounded_channel::<(AuditRecord, oneshot::Sender<Result<(), StoreError>>)>();
         tokio::spawn(async move {
@@ -161,7 +209,16 @@ impl AuditSink {
                     }
                 }
                 let (records, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                let result = store.append_audit(records).await;
+                let result = match &stream {
+                    Some(st) => {
+                        let r = store.append_audit(records.clone()).await;
+                        if r.is_ok() {
+                            st.emit(&records);
+                        }
+                        r
+                    }
+                    None => store.append_audit(records).await,
+                };
                 for r in replies {
                     let _ = r.send(match &result {
                         Ok(()) => Ok(()),
@@ -180,6 +237,7 @@ pub struct Service {
     keyring: Option<Arc<Keyring>>,
     limits: Limits,
     audit: AuditSink,
+    stream: Option<Arc<AuditStream>>,
     /// When each token's `last_used_at` was last written (throttle).
     touched: Mutex<HashMap<String, i64>>,
 }
@@ -198,13 +256,19 @@ const TOUCH_EVERY_MS: i64 = 60_000;
 
 impl Service {
     /// Must be called inside a Tokio runtime (starts the audit batcher).
-    pub fn new(store: Arc<dyn Store>, keyring: Keyring, limits: Limits) -> Self {
-        let audit = AuditSink::start(Arc::clone(&store));
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Keyring,
+        limits: Limits,
+        stream: Option<Arc<AuditStream>>,
+    ) -> Self {
+        let audit = AuditSink::start(Arc::clone(&store), stream.clone());
         Service {
             store,
             keyring: Some(Arc::new(keyring)),
             limits,
             audit,
+            stream,
             touched: Mutex::new(HashMap::new()),
         }
     }
@@ -212,12 +276,13 @@ impl Service {
     /// A service for commands that manage tokens or read the audit log and
     /// never touch values: no master key needed.
     pub fn without_keys(store: Arc<dyn Store>) -> Self {
-        let audit = AuditSink::start(Arc::clone(&store));
+        let audit = AuditSink::start(Arc::clone(&store), None);
         Service {
             store,
             keyring: None,
             limits: Limits::default(),
             audit,
+            stream: None,
             touched: Mutex::new(HashMap::new()),
         }
     }
@@ -278,7 +343,13 @@ impl Service {
             actor: p.id.clone(),
             audit: ctx.record("secret.write", Some(path.as_str()), None, 200),
         };
-        match self.store.put(path, seal, mode, wctx).await {
+        let mut streamed = wctx.audit.clone();
+        let result = self.store.put(path, seal, mode, wctx).await;
+        if let Ok(v) = &result {
+            streamed.version = Some(v.as_i64());
+            self.emit(streamed);
+        }
+        match result {
             Err(StoreError::NoLiveVersion) => Err(Denied::Role {
                 have: p.role,
                 need: Role::Admin,
@@ -351,13 +422,14 @@ impl Service {
                 version,
                 WriteCtx {
                     actor: ctx.principal.id.clone(),
-                    audit: record,
+                    audit: record.clone(),
                 },
             )
             .await?;
         if deleted.is_empty() {
             return Err(Error::NothingToDelete(message.into()));
         }
+        self.emit(record);
         Ok(deleted)
     }
 
@@ -531,10 +603,11 @@ impl Service {
         };
         let mut record = ctx.record("token.create", None, None, 201);
         record.path = Some(format!("token:{}", row.id));
-        match self.store.create_token(row.clone(), record).await {
+        match self.store.create_token(row.clone(), record.clone()).await {
             Err(StoreError::Conflict(m)) => return Err(Error::Conflict(m)),
             other => other?,
         }
+        self.emit(record);
         Ok(NewToken {
             token,
             info: TokenInfo { row, role, scopes },
@@ -575,9 +648,23 @@ impl Service {
         }
         let mut record = ctx.record("token.revoke", None, None, 200);
         record.path = Some(format!("token:{}", t.row.id));
-        match self.store.revoke_token(t.row.id.clone(), record).await? {
-            Some(row) => token_info(row),
+        match self
+            .store
+            .revoke_token(t.row.id.clone(), record.clone())
+            .await?
+        {
+            Some(row) => {
+                self.emit(record);
+                token_info(row)
+            }
             None => Err(Error::NotFound("the token is already revoked".into())),
+        }
+    }
+
+    /// Copies a record committed with its write to the audit stream.
+    fn emit(&self, record: AuditRecord) {
+        if let Some(s) = &self.stream {
+            s.emit(std::slice::from_ref(&record));
         }
     }
 

@@ -301,7 +301,9 @@ pub trait Store: Send + Sync + 'static {
         path: &'a SecretPath,
     ) -> BoxFuture<'a, Result<Vec<VersionMeta>, StoreError>>;
 
-    /// Appends records to the audit chain, durably, in one transaction.
+    /// Appends records to the audit chain in one transaction. Committed
+    /// before returning, but without its own fsync: these are the records of
+    /// reads and refusals, and the next durable commit syncs them.
     fn append_audit(&self, records: Vec<AuditRecord>) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Chained records with `seq > after`, in order, at most `limit`.

@@ -662,6 +662,11 @@ async fn apply(
             Ok(WriteOut::Inserted(n == 1))
         }
         WriteOp::AppendAudit(records) => {
+            // Records of reads and refusals: committed before the response,
+            // without waiting for the WAL flush (the next durable commit
+            // flushes them).
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await?;
             append_audit_tx(tx, records).await?;
             Ok(WriteOut::Done)
         }

@@ -49,6 +49,10 @@ struct WriteJob {
     run: RunJob,
     /// Deletes envelopes: checkpoint and truncate the WAL before answering.
     destroys: bool,
+    /// Must be on stable storage when answered. Only audit records of reads
+    /// and refusals are not: a batch of nothing else commits without an
+    /// fsync, and the next durable commit syncs them with it.
+    needs_sync: bool,
 }
 
 type RunJob = Box<dyn FnOnce(Option<&Connection>) -> Answer + Send>;
@@ -217,10 +221,20 @@ impl SqliteStore {
         self.commits.load(Ordering::Relaxed)
     }
 
-    /// Queues `f` for the writer thread and waits until its batch committed.
+    /// Queues `f` for the writer thread and waits until its batch committed
+    /// durably.
     async fn write<T: Send + 'static>(
         &self,
         destroys: bool,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.enqueue(destroys, true, f).await
+    }
+
+    async fn enqueue<T: Send + 'static>(
+        &self,
+        destroys: bool,
+        needs_sync: bool,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
@@ -232,7 +246,11 @@ impl SqliteStore {
             ),
         });
         self.writer
-            .send(WriteJob { run, destroys })
+            .send(WriteJob {
+                run,
+                destroys,
+                needs_sync,
+            })
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
@@ -288,6 +306,20 @@ fn writer_loop(
 /// Applies and commits one batch; true if it committed.
 fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) -> bool {
     let destroys = batch.iter().any(|j| j.destroys);
+    // Set per batch, so a failure to switch back can never leave data
+    // writes unsynced.
+    let sync = if batch.iter().any(|j| j.needs_sync) {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
+    if let Err(e) = conn.execute_batch(&format!("PRAGMA synchronous = {sync}")) {
+        let err = Err(format!("setting synchronous: {e}"));
+        for job in batch.drain(..) {
+            (job.run)(None)(&err);
+        }
+        return false;
+    }
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -749,7 +781,7 @@ impl Store for SqliteStore {
     }
 
     fn append_audit(&self, records: Vec<AuditRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.write(false, move |c| append_audit_rows(c, records)))
+        Box::pin(self.enqueue(false, false, move |c| append_audit_rows(c, records)))
     }
 
     fn audit_page(

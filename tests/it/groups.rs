@@ -892,3 +892,61 @@ async fn token_cli_works_while_the_server_runs() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_records_stream_as_json_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let stream = dir.path().join("audit.jsonl");
+    let p = Proc::start(
+        &data,
+        &[
+            ("SECRETD_API_KEYS", KEY),
+            ("SECRETD_AUDIT_STREAM", &stream.display().to_string()),
+        ],
+    );
+    let c = p.client(KEY);
+    let value = "streamed-value-0b7e";
+    c.put_ok("tfy-secret/siem/x", value).await;
+    assert_eq!(c.get("tfy-secret/siem/x", None).await.status, 200);
+    assert_eq!(
+        as_token(&c, "bad")
+            .get("tfy-secret/siem/x", None)
+            .await
+            .status,
+        401
+    );
+    let text = std::fs::read_to_string(&stream).expect("stream file");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let ops: Vec<(&str, u64)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["operation"].as_str().unwrap_or(""),
+                l["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        vec![
+            ("secret.write", 200),
+            ("secret.read", 200),
+            ("secret.read", 401)
+        ],
+        "{text}"
+    );
+    assert!(!text.contains(value) && !text.contains(KEY));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&stream)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+}
