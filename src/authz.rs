@@ -151,6 +151,8 @@ pub struct Principal {
     pub name: String,
     pub role: Role,
     pub scopes: Vec<Scope>,
+    /// When the credential expires (ms since the epoch); `None` never.
+    pub expires_at: Option<i64>,
 }
 
 impl Principal {
@@ -161,7 +163,13 @@ impl Principal {
             name: id.to_owned(),
             role: Role::Admin,
             scopes: vec![Scope::root()],
+            expires_at: None,
         }
+    }
+
+    /// Whether this principal's scope includes the root (sees everything).
+    pub fn is_global(&self) -> bool {
+        self.scopes.iter().any(|s| *s == Scope::root())
     }
 
     /// Whether `action` on `path` (canonical text) is allowed.
@@ -215,6 +223,7 @@ mod tests {
             name: "t".into(),
             role,
             scopes: scopes.iter().map(|s| Scope::parse(s).unwrap()).collect(),
+            expires_at: None,
         }
     }
 

@@ -211,7 +211,35 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             let mut v = Verifier::default();
             let mut after = 0;
             loop {
-                let page = svc.store().audit_page(after, PAGE).await?;
+                let page = match svc.store().audit_page(after, PAGE).await {
+                    Ok(p) => p,
+                    Err(_) => {
+                        // Pinpoint the unreadable record, one at a time.
+                        let mut page = Vec::new();
+                        loop {
+                            match svc.store().audit_page(after, 1).await {
+                                Ok(p) if p.is_empty() => break,
+                                Ok(p) => {
+                                    after = p[0].seq;
+                                    page.extend(p);
+                                }
+                                Err(e) => {
+                                    let next = after + 1;
+                                    eprintln!(
+                                        "audit chain broken at record {next}: the record cannot be read ({e})"
+                                    );
+                                    for r in &page {
+                                        if let Err(b) = v.feed(r) {
+                                            eprintln!("{b}");
+                                        }
+                                    }
+                                    return Ok(ExitCode::FAILURE);
+                                }
+                            }
+                        }
+                        page
+                    }
+                };
                 for r in &page {
                     if let Err(b) = v.feed(r) {
                         eprintln!("{b}");

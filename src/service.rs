@@ -459,33 +459,65 @@ impl Service {
         {
             return Err(Denied::Scope.into());
         }
+        // Only query the parts of the table the caller may see: the
+        // narrower of (prefix, scope) for every overlapping scope, without
+        // nested duplicates. Their ranges are disjoint, so visiting them in
+        // order of their lower bound keeps the listing sorted.
+        let mut ranges: Vec<Scope> = p
+            .scopes
+            .iter()
+            .filter_map(|s| {
+                if prefix.contains(s) {
+                    Some(s.clone())
+                } else if s.contains(&prefix) {
+                    Some(prefix.clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
+        ranges.sort_by(|a, b| format!("{a}/").cmp(&format!("{b}/")));
+        ranges.dedup();
+        let snapshot = ranges.clone();
+        ranges.retain(|r| !snapshot.iter().any(|o| o != r && o.contains(r)));
         let mut items = Vec::with_capacity(limit.min(1024));
         let mut after = after;
-        loop {
-            let batch = self
-                .store
-                .list(prefix.as_str(), after.as_deref(), limit)
-                .await?;
-            let exhausted = batch.len() < limit;
-            for item in batch {
-                after = Some(item.path.clone());
-                if p.check_scope(&item.path).is_ok() {
-                    items.push(item);
-                    if items.len() == limit {
-                        return Ok(ListPage {
-                            items,
-                            next_after: after,
-                        });
+        for range in &ranges {
+            // Skip ranges wholly before the cursor.
+            if after
+                .as_deref()
+                .is_some_and(|a| a >= format!("{range}0").as_str())
+            {
+                continue;
+            }
+            loop {
+                let want = limit - items.len();
+                let batch = self
+                    .store
+                    .list(range.as_str(), after.as_deref(), want)
+                    .await?;
+                let exhausted = batch.len() < want;
+                for item in batch {
+                    after = Some(item.path.clone());
+                    if p.check_scope(&item.path).is_ok() {
+                        items.push(item);
                     }
                 }
-            }
-            if exhausted {
-                return Ok(ListPage {
-                    items,
-                    next_after: None,
-                });
+                if items.len() == limit {
+                    return Ok(ListPage {
+                        items,
+                        next_after: after,
+                    });
+                }
+                if exhausted {
+                    break;
+                }
             }
         }
+        Ok(ListPage {
+            items,
+            next_after: None,
+        })
     }
 
     /// Every version of a secret, without values.
@@ -516,6 +548,7 @@ impl Service {
         let info = token_info(row)?;
         self.touch(&info.row.id, now);
         Ok(Some(Principal {
+            expires_at: info.row.expires_at,
             id: info.row.id,
             name: info.row.name,
             role: info.role,
@@ -585,6 +618,12 @@ impl Service {
         random_bytes(&mut idb).map_err(|e| Error::Internal(e.to_string()))?;
         let now = now_ms();
         let ttl_ms = ttl.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+        // A token never outlives the token that created it.
+        let expires_at = match (ttl_ms.map(|t| now.saturating_add(t)), p.expires_at) {
+            (Some(want), Some(cap)) => Some(want.min(cap)),
+            (None, cap) => cap,
+            (want, None) => want,
+        };
         let row = TokenRow {
             id: format!("tok_{}", crate::audit::to_hex(&idb)),
             name: name.to_owned(),
@@ -597,7 +636,7 @@ impl Service {
                 .join("\n"),
             created_at: now,
             created_by: p.id.clone(),
-            expires_at: ttl_ms.map(|t| now.saturating_add(t)),
+            expires_at,
             last_used_at: None,
             revoked_at: None,
         };
@@ -621,24 +660,31 @@ impl Service {
         let mut out = Vec::new();
         for row in self.store.tokens().await? {
             let info = token_info(row)?;
-            if info.scopes.iter().all(|s| p.covers_scope(s)) {
+            // Visible: tokens inside the caller's scope, tokens it created,
+            // and (to a global admin) everything. A token with no scope is
+            // inside nobody's scope but a global admin's or its creator's.
+            let inside = !info.scopes.is_empty() && info.scopes.iter().all(|s| p.covers_scope(s));
+            if inside || info.row.created_by == p.id || p.is_global() {
                 out.push(info);
             }
         }
         Ok(out)
     }
 
-    /// Revokes a token by id or name, if it lies within the caller's scope.
+    /// Revokes a token by id (or, failing that, by name) if the caller may
+    /// see it, then every unrevoked token it created, recursively.
     pub async fn revoke_token(
         &self,
         ctx: &RequestCtx,
         id_or_name: &str,
     ) -> Result<TokenInfo, Error> {
         let visible = self.list_tokens(ctx).await?;
-        let Some(t) = visible
-            .into_iter()
-            .find(|t| t.row.id == id_or_name || t.row.name == id_or_name)
-        else {
+        let found = visible
+            .iter()
+            .find(|t| t.row.id == id_or_name)
+            .or_else(|| visible.iter().find(|t| t.row.name == id_or_name))
+            .cloned();
+        let Some(t) = found else {
             return Err(Error::NotFound(
                 "no such token within this token's scope".into(),
             ));
@@ -646,18 +692,42 @@ impl Service {
         if t.row.revoked_at.is_some() {
             return Err(Error::NotFound("the token is already revoked".into()));
         }
+        let revoked = self
+            .revoke_one(ctx, &t.row.id)
+            .await?
+            .ok_or_else(|| Error::NotFound("the token is already revoked".into()))?;
+        // Cascade: what a revoked token created dies with it.
+        let all = self.store.tokens().await?;
+        let mut queue = vec![revoked.row.id.clone()];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(parent) = queue.pop() {
+            if !seen.insert(parent.clone()) {
+                continue;
+            }
+            for child in all
+                .iter()
+                .filter(|c| c.created_by == parent && c.revoked_at.is_none())
+            {
+                self.revoke_one(ctx, &child.id).await?;
+                queue.push(child.id.clone());
+            }
+        }
+        Ok(revoked)
+    }
+
+    async fn revoke_one(&self, ctx: &RequestCtx, id: &str) -> Result<Option<TokenInfo>, Error> {
         let mut record = ctx.record("token.revoke", None, None, 200);
-        record.path = Some(format!("token:{}", t.row.id));
+        record.path = Some(format!("token:{id}"));
         match self
             .store
-            .revoke_token(t.row.id.clone(), record.clone())
+            .revoke_token(id.to_owned(), record.clone())
             .await?
         {
             Some(row) => {
                 self.emit(record);
-                token_info(row)
+                Ok(Some(token_info(row)?))
             }
-            None => Err(Error::NotFound("the token is already revoked".into())),
+            None => Ok(None),
         }
     }
 
@@ -675,6 +745,13 @@ impl Service {
 }
 
 fn validate_token_name(name: &str) -> Result<(), Error> {
+    if name.starts_with("tok_") {
+        // Ids look like that: a name must never be mistaken for one.
+        return Err(Error::bad_request(
+            "invalid_field",
+            "token names must not start with tok_",
+        ));
+    }
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

@@ -244,6 +244,11 @@ pub async fn create_token(
 ) -> Result<Response, Error> {
     let b: TokenBody = read_json(&headers, body, s.max_body_bytes).await?;
     let name = required_string(b.name, "name")?;
+    ctx.note(
+        "token.create",
+        Some(&format!("token:{}", name.as_str())),
+        None,
+    );
     let role: Role = required_string(b.role, "role")?
         .parse()
         .map_err(|m: String| Error::bad_request("invalid_field", m))?;
@@ -289,6 +294,7 @@ pub async fn revoke_token(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
+    ctx.note("token.revoke", Some(&format!("token:{id}")), None);
     let t = s.service.revoke_token(&ctx.req, &id).await?;
     Ok(audited(
         StatusCode::OK,

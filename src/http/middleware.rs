@@ -118,8 +118,10 @@ async fn resolve(s: &AppState, headers: &HeaderMap) -> Result<Option<Principal>,
 /// often) and hands the principal to the handler and the audit layer.
 pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let ip = client_addr(&req).map(|a| a.ip());
+    // Every attempt counts against the address until it authenticates, so
+    // a burst of concurrent bad keys cannot exceed the limit.
     if let Some(ip) = ip
-        && let Err(secs) = s.limiter.check(ip)
+        && let Err(secs) = s.limiter.attempt(ip)
     {
         return Error::RateLimited {
             retry_after_secs: secs,
@@ -129,14 +131,17 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
     let headers = req.headers().clone();
     let principal = match resolve(&s, &headers).await {
         Ok(Some(p)) => p,
-        Ok(None) => {
+        Ok(None) => return Error::Unauthorized.into_response(),
+        Err(e) => {
             if let Some(ip) = ip {
-                s.limiter.fail(ip);
+                s.limiter.succeeded(ip); // an outage is not the client's failure
             }
-            return Error::Unauthorized.into_response();
+            return e.into_response();
         }
-        Err(e) => return e.into_response(),
     };
+    if let Some(ip) = ip {
+        s.limiter.succeeded(ip);
+    }
     req.extensions_mut().insert(principal.clone());
     let mut res = next.run(req).await;
     res.extensions_mut().insert(KeyId(principal.id.clone()));

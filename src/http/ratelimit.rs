@@ -18,6 +18,18 @@ pub struct FailLimiter {
     table: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
+/// IPv6 clients usually hold a whole /64: count them per /64.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::from(o)
+        }
+    }
+}
+
 impl FailLimiter {
     /// `max_failures = 0` disables the limiter.
     pub fn new(max_failures: u32, window: Duration, capacity: usize) -> Self {
@@ -29,43 +41,75 @@ impl FailLimiter {
         }
     }
 
-    /// `Err(seconds to wait)` if `ip` is over its limit now.
-    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+    /// Admits one authentication attempt from `ip`, counting it as a failure
+    /// up front (so a burst of concurrent attempts cannot exceed the limit);
+    /// call [`FailLimiter::succeeded`] if it authenticates. `Err(seconds to
+    /// wait)` if `ip` is over its limit.
+    pub fn attempt(&self, ip: IpAddr) -> Result<(), u64> {
         if self.max_failures == 0 {
             return Ok(());
         }
-        let Ok(t) = self.table.lock() else {
+        let Ok(mut t) = self.table.lock() else {
             return Ok(());
         };
-        match t.get(&ip) {
-            Some((start, n)) if *n >= self.max_failures && start.elapsed() < self.window => {
-                Err((self.window - start.elapsed()).as_secs().max(1))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts one failed authentication from `ip`.
-    pub fn fail(&self, ip: IpAddr) {
-        if self.max_failures == 0 {
-            return;
-        }
-        let Ok(mut t) = self.table.lock() else { return };
         let now = Instant::now();
-        let e = t.entry(ip).or_insert((now, 0));
+        let key = client_key(ip);
+        if let Some((start, n)) = t.get(&key)
+            && *n >= self.max_failures
+            && now.duration_since(*start) < self.window
+        {
+            return Err((self.window - now.duration_since(*start)).as_secs().max(1));
+        }
+        let e = t.entry(key).or_insert((now, 0));
         if now.duration_since(e.0) >= self.window {
             *e = (now, 0);
         }
         e.1 = e.1.saturating_add(1);
         if t.len() > self.capacity {
-            let window = self.window;
-            t.retain(|_, (start, _)| now.duration_since(*start) < window);
-            while t.len() > self.capacity {
-                let oldest = t.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k);
-                match oldest {
-                    Some(k) => t.remove(&k),
-                    None => break,
-                };
+            self.shrink(&mut t, now);
+        }
+        Ok(())
+    }
+
+    /// The attempt authenticated: it was not a failure after all.
+    pub fn succeeded(&self, ip: IpAddr) {
+        if self.max_failures == 0 {
+            return;
+        }
+        let Ok(mut t) = self.table.lock() else { return };
+        let key = client_key(ip);
+        if let Some(e) = t.get_mut(&key) {
+            e.1 = e.1.saturating_sub(1);
+            if e.1 == 0 {
+                t.remove(&key);
+            }
+        }
+    }
+
+    /// Brings the table to 90% of capacity: expired entries first, then
+    /// entries that are not locked out, then the oldest. Runs once per 10%
+    /// of capacity new addresses, so its cost is amortised.
+    fn shrink(&self, t: &mut HashMap<IpAddr, (Instant, u32)>, now: Instant) {
+        let target = self.capacity - self.capacity / 10;
+        let window = self.window;
+        t.retain(|_, (start, _)| now.duration_since(*start) < window);
+        if t.len() > target {
+            let max = self.max_failures;
+            let mut excess = t.len() - target;
+            t.retain(|_, (_, n)| {
+                if excess > 0 && *n < max {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        if t.len() > target {
+            let mut by_age: Vec<(Instant, IpAddr)> = t.iter().map(|(k, (s, _))| (*s, *k)).collect();
+            by_age.sort_unstable();
+            for (_, k) in by_age.into_iter().take(t.len() - target) {
+                t.remove(&k);
             }
         }
     }
@@ -80,30 +124,64 @@ impl FailLimiter {
 mod tests {
     use super::*;
 
+    fn fail(l: &FailLimiter, ip: IpAddr) -> Result<(), u64> {
+        l.attempt(ip)
+    }
+
     #[test]
     fn limits_then_forgets() {
         let l = FailLimiter::new(3, Duration::from_millis(200), 100);
         let ip: IpAddr = [10, 0, 0, 1].into();
         for _ in 0..3 {
-            assert!(l.check(ip).is_ok());
-            l.fail(ip);
+            assert!(fail(&l, ip).is_ok());
         }
-        assert!(l.check(ip).is_err());
+        assert!(l.attempt(ip).is_err());
         assert!(
-            l.check([10, 0, 0, 2].into()).is_ok(),
+            l.attempt([10, 0, 0, 2].into()).is_ok(),
             "other clients unaffected"
         );
         std::thread::sleep(Duration::from_millis(250));
-        assert!(l.check(ip).is_ok(), "the window passed");
+        assert!(l.attempt(ip).is_ok(), "the window passed");
     }
 
     #[test]
-    fn table_is_bounded() {
-        let l = FailLimiter::new(3, Duration::from_secs(60), 50);
-        for i in 0..1000u32 {
-            l.fail(IpAddr::from(i.to_be_bytes()));
+    fn successes_do_not_count() {
+        let l = FailLimiter::new(3, Duration::from_secs(60), 100);
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        for _ in 0..100 {
+            assert!(l.attempt(ip).is_ok());
+            l.succeeded(ip);
         }
-        assert!(l.tracked() <= 50);
+    }
+
+    #[test]
+    fn table_is_bounded_and_keeps_lockouts() {
+        let l = FailLimiter::new(3, Duration::from_secs(60), 1000);
+        let locked: IpAddr = [192, 168, 0, 1].into();
+        for _ in 0..3 {
+            let _ = l.attempt(locked);
+        }
+        for i in 0..100_000u32 {
+            let _ = l.attempt(IpAddr::from(i.to_be_bytes()));
+        }
+        assert!(l.tracked() <= 1000);
+        assert!(
+            l.attempt(locked).is_err(),
+            "eviction must not lift a lockout"
+        );
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let l = FailLimiter::new(3, Duration::from_secs(60), 100);
+        for i in 0..3u16 {
+            let ip: IpAddr = format!("2001:db8::{i:x}")
+                .parse()
+                .unwrap_or(IpAddr::from([0u8; 16]));
+            let _ = l.attempt(ip);
+        }
+        let other_host: IpAddr = "2001:db8::ffff".parse().unwrap_or(IpAddr::from([0u8; 16]));
+        assert!(l.attempt(other_host).is_err());
     }
 
     #[test]
@@ -111,8 +189,7 @@ mod tests {
         let l = FailLimiter::new(0, Duration::from_secs(60), 10);
         let ip: IpAddr = [10, 0, 0, 1].into();
         for _ in 0..100 {
-            l.fail(ip);
+            assert!(l.attempt(ip).is_ok());
         }
-        assert!(l.check(ip).is_ok());
     }
 }

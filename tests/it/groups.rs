@@ -17,6 +17,8 @@ crate::both_backends!(
     every_request_is_audited_without_values,
     audit_verify_catches_tampering,
     reads_fail_closed_when_the_audit_log_cannot_be_written,
+    tokens_never_outlive_or_escape_their_creator,
+    scoped_listing_visits_only_its_groups,
 );
 
 /// Creates a token through the API with the static admin key.
@@ -949,4 +951,272 @@ async fn audit_records_stream_as_json_lines() {
             & 0o777,
         0o600
     );
+}
+
+async fn tokens_never_outlive_or_escape_their_creator(b: Backend) {
+    let s = TestServer::start_on(b).await;
+    let root = &s.client;
+    root.put_ok("tfy-secret/acme/x", "v").await;
+    // a short-lived tenant admin cannot mint a longer-lived (or eternal) token
+    let parent = as_token(
+        root,
+        &token(
+            root,
+            "short-admin",
+            "admin",
+            &["tfy-secret/acme"],
+            Some("2s"),
+        )
+        .await,
+    );
+    let child = token(
+        &parent,
+        "child-forever",
+        "viewer",
+        &["tfy-secret/acme"],
+        None,
+    )
+    .await;
+    let grandchild = token(
+        &parent,
+        "child-long",
+        "viewer",
+        &["tfy-secret/acme"],
+        Some("30d"),
+    )
+    .await;
+    let list = send(root.addr, "GET", "/v1/tokens", &root.auth(), None)
+        .await
+        .json();
+    let exp = |name: &str| {
+        list["tokens"]
+            .as_array()
+            .expect("tokens")
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["expires_at"].clone())
+            .expect("listed")
+    };
+    assert!(
+        exp("child-forever").is_string(),
+        "a child of an expiring token must expire"
+    );
+    assert_eq!(exp("child-forever"), exp("short-admin"));
+    assert_eq!(exp("child-long"), exp("short-admin"));
+    // revoking a token revokes what it created
+    let mid = as_token(
+        root,
+        &token(root, "mid-admin", "admin", &["tfy-secret/acme"], None).await,
+    );
+    let leaf = as_token(
+        root,
+        &token(&mid, "leaf", "viewer", &["tfy-secret/acme"], None).await,
+    );
+    assert_eq!(
+        leaf.get_uri("/secrets?path=tfy-secret/acme&list=true")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(
+            root.addr,
+            "DELETE",
+            "/v1/tokens/mid-admin",
+            &root.auth(),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        leaf.get_uri("/secrets?path=tfy-secret/acme&list=true")
+            .await
+            .status,
+        401,
+        "cascade"
+    );
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    for t in [&child, &grandchild] {
+        assert_eq!(
+            as_token(root, t)
+                .get_uri("/secrets?path=tfy-secret/acme&list=true")
+                .await
+                .status,
+            401
+        );
+    }
+    // names can never pose as ids, and ids win over names
+    let h = [("x-api-key", KEY), ("content-type", "application/json")];
+    let body =
+        json!({ "name": "tok_0123456789abcdef", "role": "viewer", "scopes": ["tfy-secret/acme"] });
+    let r = send(
+        root.addr,
+        "POST",
+        "/v1/tokens",
+        &h,
+        Some(body.to_string().as_bytes()),
+    )
+    .await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_field"));
+    // a tenant admin sees neither another tenant's tokens nor scope-less ones it did not create
+    let acme = as_token(
+        root,
+        &token(root, "acme-admin", "admin", &["tfy-secret/acme"], None).await,
+    );
+    let other = as_token(
+        root,
+        &token(root, "other-admin", "admin", &["tfy-secret/other"], None).await,
+    );
+    let hidden = token(&other, "other-empty", "viewer", &[], None).await;
+    let listed = send(acme.addr, "GET", "/v1/tokens", &acme.auth(), None)
+        .await
+        .json();
+    let names: Vec<&str> = listed["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        !names.contains(&"other-empty") && !names.contains(&"other-admin"),
+        "{names:?}"
+    );
+    assert_eq!(
+        send(
+            acme.addr,
+            "DELETE",
+            "/v1/tokens/other-empty",
+            &acme.auth(),
+            None
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        as_token(root, &hidden)
+            .get("tfy-secret/acme/x", None)
+            .await
+            .status,
+        403,
+        "still alive, still grants nothing"
+    );
+    // its creator and a global admin do see it
+    let by_other = send(other.addr, "GET", "/v1/tokens", &other.auth(), None)
+        .await
+        .json();
+    assert!(
+        by_other["tokens"]
+            .as_array()
+            .expect("tokens")
+            .iter()
+            .any(|t| t["name"] == "other-empty")
+    );
+}
+
+async fn scoped_listing_visits_only_its_groups(b: Backend) {
+    let s = TestServer::start_on(b).await;
+    let root = &s.client;
+    let mut expected = Vec::new();
+    let mut tasks = Vec::new();
+    for (group, n) in [("a", 7), ("a-b", 5), ("ab", 6), ("b", 4), ("zz", 300)] {
+        for i in 0..n {
+            let p = format!("tfy-secret/{group}/s{i:03}");
+            if group != "zz" && group != "ab" {
+                expected.push(p.clone());
+            }
+            let c = root.clone();
+            tasks.push(tokio::spawn(async move { c.put_ok(&p, "v").await }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("put");
+    }
+    expected.sort();
+    let viewer = as_token(
+        root,
+        &token(
+            root,
+            "multi",
+            "viewer",
+            &["tfy-secret/b", "tfy-secret/a-b", "tfy-secret/a"],
+            None,
+        )
+        .await,
+    );
+    for limit in [1, 3, 100] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut uri = format!("/secrets?path=tfy-secret&list=true&limit={limit}");
+            if let Some(c) = &cursor {
+                uri.push_str(&format!("&cursor={}", enc(c)));
+            }
+            let j = viewer.get_uri(&uri).await.json();
+            for i in j["secrets"].as_array().expect("secrets") {
+                seen.push(i["path"].as_str().expect("path").to_owned());
+            }
+            match j["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, expected, "limit {limit}");
+    }
+    // a prefix inside one scope, and one that only partly overlaps
+    let j = viewer
+        .get_uri("/secrets?path=tfy-secret/a&list=true")
+        .await
+        .json();
+    assert_eq!(j["secrets"].as_array().map(Vec::len), Some(7));
+    assert_eq!(
+        viewer
+            .get_uri("/secrets?path=tfy-secret/zz&list=true")
+            .await
+            .status,
+        403
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_bad_keys_cannot_exceed_the_limit() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.auth_fail_limit = 5;
+        c.auth_fail_window = Duration::from_secs(60);
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let c = as_token(&s.client, &format!("bad-key-{i}"));
+        tasks.push(tokio::spawn(async move {
+            c.get("tfy-secret/x", None).await.status
+        }));
+    }
+    let mut unauthorized = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            401 => unauthorized += 1,
+            429 => {}
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(
+        unauthorized <= 5,
+        "{unauthorized} keys were evaluated despite the limit of 5"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_names_an_unreadable_record() {
+    let s = TestServer::start_on(Backend::Sqlite).await;
+    for i in 0..4 {
+        s.client.put_ok(&format!("tfy-secret/u/s{i}"), "v").await;
+    }
+    s.sql("UPDATE audit_log SET status = 70000 WHERE seq = 3")
+        .await;
+    let (ok, _, err) = s.cli(&["audit", "verify"]);
+    assert!(!ok);
+    assert!(err.contains("record 3"), "{err}");
 }
