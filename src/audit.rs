@@ -1,13 +1,17 @@
 //! The tamper-evident audit log: record type, hash chain and verification.
 //!
 //! Every record carries `prev_hash` (the previous record's hash) and `hash =
-//! SHA-256("secretd/audit/v1" ‖ prev_hash ‖ seq ‖ fields)`, each field length-
-//! prefixed; `seq` counts from 1 without gaps. Editing a record breaks its own
-//! hash; deleting or inserting one breaks the sequence or the next record's
-//! `prev_hash`. Records never hold a value, a token or a key.
+//! HMAC-SHA256(audit key, "secretd/audit/v1" ‖ prev_hash ‖ seq ‖ fields)`,
+//! each field length-prefixed; `seq` counts from 1 without gaps. The audit
+//! key derives from the master key, so someone who can write the database
+//! but does not hold the master key cannot recompute the chain. Editing a
+//! record breaks its own hash; deleting or inserting one breaks the sequence
+//! or the next record's `prev_hash`. Records never hold a value, a token or
+//! a key.
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+
+use crate::crypto::AuditKey;
 
 /// The hash the first record chains to.
 pub const GENESIS: [u8; 32] = [0u8; 32];
@@ -52,11 +56,11 @@ pub fn to_hex(b: &[u8]) -> String {
 }
 
 /// The hash of record `seq` chained after `prev`.
-pub fn chain_hash(prev: &[u8], seq: i64, r: &AuditRecord) -> [u8; 32] {
-    let mut h = Sha256::new();
+pub fn chain_hash(key: &AuditKey, prev: &[u8], seq: i64, r: &AuditRecord) -> [u8; 32] {
+    let mut h = Vec::with_capacity(256);
     let mut field = |b: &[u8]| {
-        h.update((b.len() as u64).to_be_bytes());
-        h.update(b);
+        h.extend_from_slice(&(b.len() as u64).to_be_bytes());
+        h.extend_from_slice(b);
     };
     field(b"secretd/audit/v1");
     field(prev);
@@ -90,18 +94,22 @@ pub fn chain_hash(prev: &[u8], seq: i64, r: &AuditRecord) -> [u8; 32] {
     }
     field(r.outcome.as_bytes());
     field(&r.status.to_be_bytes());
-    h.finalize().into()
+    key.mac(&h)
 }
 
 /// Chains `records` after the head `(seq, hash)` (use `(0, GENESIS)` for an
 /// empty log).
-pub fn chain(head: (i64, Vec<u8>), records: Vec<AuditRecord>) -> Vec<ChainedRecord> {
+pub fn chain(
+    key: &AuditKey,
+    head: (i64, Vec<u8>),
+    records: Vec<AuditRecord>,
+) -> Vec<ChainedRecord> {
     let (mut seq, mut prev) = head;
     records
         .into_iter()
         .map(|record| {
             seq += 1;
-            let hash = chain_hash(&prev, seq, &record).to_vec();
+            let hash = chain_hash(key, &prev, seq, &record).to_vec();
             let c = ChainedRecord {
                 seq,
                 record,
@@ -125,21 +133,21 @@ pub struct Broken {
 /// Walks records in `seq` order, page by page. Keeps the last verified
 /// `(seq, hash)` between pages.
 #[derive(Debug)]
-pub struct Verifier {
+pub struct Verifier<'k> {
+    key: &'k AuditKey,
     seq: i64,
     hash: Vec<u8>,
 }
 
-impl Default for Verifier {
-    fn default() -> Self {
+impl<'k> Verifier<'k> {
+    pub fn new(key: &'k AuditKey) -> Self {
         Verifier {
+            key,
             seq: 0,
             hash: GENESIS.to_vec(),
         }
     }
-}
 
-impl Verifier {
     pub fn feed(&mut self, r: &ChainedRecord) -> Result<(), Broken> {
         let broken = |reason: &str| Broken {
             seq: r.seq,
@@ -156,7 +164,7 @@ impl Verifier {
                 "its prev_hash does not match the previous record (a record was inserted, deleted or edited)",
             ));
         }
-        if chain_hash(&r.prev_hash, r.seq, &r.record).as_slice() != r.hash.as_slice() {
+        if chain_hash(self.key, &r.prev_hash, r.seq, &r.record).as_slice() != r.hash.as_slice() {
             return Err(broken(
                 "its contents do not match its hash (the record was edited)",
             ));
@@ -196,8 +204,16 @@ mod tests {
         }
     }
 
+    fn key() -> AuditKey {
+        crate::crypto::MasterKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+            .unwrap()
+            .audit_key()
+            .unwrap()
+    }
+
     fn verify(rs: &[ChainedRecord]) -> Result<i64, Broken> {
-        let mut v = Verifier::default();
+        let k = key();
+        let mut v = Verifier::new(&k);
         for r in rs {
             v.feed(r)?;
         }
@@ -206,10 +222,11 @@ mod tests {
 
     #[test]
     fn chain_detects_edits_inserts_and_deletes() {
-        let rs = chain((0, GENESIS.to_vec()), (1..=5).map(rec).collect());
+        let k = key();
+        let rs = chain(&k, (0, GENESIS.to_vec()), (1..=5).map(rec).collect());
         assert_eq!(verify(&rs), Ok(5));
         // continuing a chain from its head
-        let more = chain((5, rs[4].hash.clone()), vec![rec(6)]);
+        let more = chain(&k, (5, rs[4].hash.clone()), vec![rec(6)]);
         let mut all = rs.clone();
         all.extend(more);
         assert_eq!(verify(&all), Ok(6));
@@ -231,7 +248,17 @@ mod tests {
         // re-hashing an edited record still breaks the next link
         let mut rehashed = rs.clone();
         rehashed[1].record.operation = "secret.write".into();
-        rehashed[1].hash = chain_hash(&rehashed[1].prev_hash, 2, &rehashed[1].record).to_vec();
+        rehashed[1].hash = chain_hash(&k, &rehashed[1].prev_hash, 2, &rehashed[1].record).to_vec();
         assert_eq!(verify(&rehashed).unwrap_err().seq, 3);
+
+        // without the key, a rewritten chain does not verify
+        let forger = crate::crypto::MasterKey::generate()
+            .unwrap()
+            .audit_key()
+            .unwrap();
+        let mut shortened: Vec<AuditRecord> = rs.iter().map(|r| r.record.clone()).collect();
+        shortened.remove(2);
+        let forged = chain(&forger, (0, GENESIS.to_vec()), shortened);
+        assert_eq!(verify(&forged).unwrap_err().seq, 1);
     }
 }

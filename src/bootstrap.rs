@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::{ApiKeys, KeyHash, generate_key};
 use crate::config::{SecretString, ServeConfig};
-use crate::crypto::{CryptoError, Keyring, MasterKey};
+use crate::crypto::{AuditKey, CryptoError, Keyring, MasterKey};
 use crate::service::{AuditStream, Limits, Service};
 use crate::store::postgres::{PgSettings, PgStore, is_database_url};
 use crate::store::sqlite::SqliteStore;
@@ -134,6 +134,7 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
         stored_keys.is_empty(),
         cfg.store.database_url.is_none(),
     )?;
+    store.set_audit_key(master.audit_key()?);
     if stored_keys.is_empty() {
         let k = Keyring::new_wrapped_key(&master, 1)?;
         store.add_data_key(k).await?;
@@ -214,6 +215,49 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
         generated_master_key,
         location: loc,
     })
+}
+
+/// For commands other than `serve`: the existing master key from
+/// `SECRETD_MASTER_KEY`, `file`, or `<data_dir>/master.key` (never
+/// generated), checked against the store's data keys, and the audit key set
+/// on the store.
+pub async fn attach_master_key(
+    store: &dyn Store,
+    env_key: Option<&SecretString>,
+    file: Option<&Path>,
+    data_dir: Option<&Path>,
+) -> Result<AuditKey, BootError> {
+    let master = if let Some(k) = env_key {
+        MasterKey::from_base64(k.expose()).map_err(|_| {
+            BootError::MasterKey("SECRETD_MASTER_KEY does not hold a 32-byte base64 key".into())
+        })?
+    } else {
+        let path = match (file, data_dir) {
+            (Some(f), _) => f.to_path_buf(),
+            (None, Some(d)) => d.join(MASTER_KEY_FILE),
+            (None, None) => {
+                return Err(BootError::MasterKey(
+                    "the master key is needed: set SECRETD_MASTER_KEY or --master-key-file".into(),
+                ));
+            }
+        };
+        let text = Zeroizing::new(
+            std::fs::read_to_string(&path)
+                .map_err(|e| BootError::MasterKey(format!("reading {}: {e}", path.display())))?,
+        );
+        MasterKey::from_base64(&text).map_err(|_| {
+            BootError::MasterKey(format!(
+                "{} does not hold a 32-byte base64 key",
+                path.display()
+            ))
+        })?
+    };
+    let stored = store.data_keys().await?;
+    if !stored.is_empty() {
+        Keyring::unwrap_all(&master, &stored)?;
+    }
+    store.set_audit_key(master.audit_key()?);
+    Ok(master.audit_key()?)
 }
 
 /// The master key from SECRETD_MASTER_KEY, --master-key-file, or the data

@@ -11,6 +11,7 @@ use crate::audit::{Verifier, to_hex};
 use crate::authz::{Role, Scope};
 use crate::bootstrap::{self, Location};
 use crate::config::{DbArgs, ServeConfig, StoreArgs};
+use crate::crypto::AuditKey;
 use crate::http::ratelimit::FailLimiter;
 use crate::http::{self, AppState};
 use crate::path::{PathArg, SecretPath};
@@ -66,6 +67,8 @@ pub enum TokenCommand {
         ttl: Option<std::time::Duration>,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// List tokens (never the tokens themselves).
     List {
@@ -74,6 +77,8 @@ pub enum TokenCommand {
         json: bool,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Revoke a token by name or id, at once on every replica.
     Revoke {
@@ -81,6 +86,8 @@ pub enum TokenCommand {
         token: String,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
 }
 
@@ -90,6 +97,8 @@ pub enum AuditCommand {
     Verify {
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Print audit records, oldest first.
     Tail {
@@ -101,6 +110,8 @@ pub enum AuditCommand {
         json: bool,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
 }
 
@@ -108,8 +119,18 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
-/// Opens the store named by `args` for a command that needs no keys.
-async fn open_for_cli(args: &StoreArgs) -> anyhow::Result<Service> {
+/// The master key for commands that only need it to chain or verify audit
+/// records (default: SECRETD_MASTER_KEY, else <data-dir>/master.key).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeyArgs {
+    /// File holding the master key (base64).
+    #[arg(long, env = "SECRETD_MASTER_KEY_FILE")]
+    pub master_key_file: Option<std::path::PathBuf>,
+}
+
+/// Opens the store named by `args` for a command that never reads values:
+/// the master key is only checked and used to chain audit records.
+async fn open_for_cli(args: &StoreArgs, keys: &KeyArgs) -> anyhow::Result<(Service, AuditKey)> {
     let loc = args.location();
     if let Location::DataDir(d) = &loc {
         anyhow::ensure!(
@@ -122,7 +143,23 @@ async fn open_for_cli(args: &StoreArgs) -> anyhow::Result<Service> {
     let store = bootstrap::open_store(&loc, &args.db.settings())
         .await
         .with_context(|| format!("opening {loc}"))?;
-    Ok(Service::without_keys(store))
+    let env_key = std::env::var("SECRETD_MASTER_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .map(crate::config::SecretString::new);
+    let data_dir = match &loc {
+        Location::DataDir(d) => Some(d.as_path()),
+        Location::Database(_) => None,
+    };
+    let audit_key = bootstrap::attach_master_key(
+        store.as_ref(),
+        env_key.as_ref(),
+        keys.master_key_file.as_deref(),
+        data_dir,
+    )
+    .await
+    .context("loading the master key")?;
+    Ok((Service::without_keys(store), audit_key))
 }
 
 fn show_time(ms: Option<i64>) -> String {
@@ -145,8 +182,9 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             scopes,
             ttl,
             store,
+            keys,
         } => {
-            let svc = open_for_cli(&store).await?;
+            let (svc, _) = open_for_cli(&store, &keys).await?;
             let scopes = scopes
                 .iter()
                 .map(|s| Scope::parse(s))
@@ -161,8 +199,8 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 show_time(t.info.row.expires_at)
             );
         }
-        TokenCommand::List { json, store } => {
-            let svc = open_for_cli(&store).await?;
+        TokenCommand::List { json, store, keys } => {
+            let (svc, _) = open_for_cli(&store, &keys).await?;
             for t in svc.list_tokens(&ctx).await? {
                 let scopes: Vec<&str> = t.scopes.iter().map(Scope::as_str).collect();
                 if json {
@@ -194,8 +232,8 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        TokenCommand::Revoke { token, store } => {
-            let svc = open_for_cli(&store).await?;
+        TokenCommand::Revoke { token, store, keys } => {
+            let (svc, _) = open_for_cli(&store, &keys).await?;
             let t = svc.revoke_token(&ctx, &token).await?;
             println!("revoked {} ({})", t.row.name, t.row.id);
         }
@@ -206,9 +244,9 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
 async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     const PAGE: usize = 1000;
     match cmd {
-        AuditCommand::Verify { store } => {
-            let svc = open_for_cli(&store).await?;
-            let mut v = Verifier::default();
+        AuditCommand::Verify { store, keys } => {
+            let (svc, key) = open_for_cli(&store, &keys).await?;
+            let mut v = Verifier::new(&key);
             let mut after = 0;
             loop {
                 let page = match svc.store().audit_page(after, PAGE).await {
@@ -257,8 +295,13 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 to_hex(v.head_hash())
             );
         }
-        AuditCommand::Tail { since, json, store } => {
-            let svc = open_for_cli(&store).await?;
+        AuditCommand::Tail {
+            since,
+            json,
+            store,
+            keys,
+        } => {
+            let (svc, _) = open_for_cli(&store, &keys).await?;
             let since_ms = match since.as_deref() {
                 None => i64::MIN,
                 Some(s) => {

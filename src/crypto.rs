@@ -102,6 +102,45 @@ impl fmt::Debug for MasterKey {
     }
 }
 
+/// The key of the audit log's hash chain, derived from the master key
+/// (`HMAC-SHA256(master, "secretd/audit-chain/v1")`), so whoever can write
+/// the database but does not hold the master key cannot forge the chain.
+pub struct AuditKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditKey(<redacted>)")
+    }
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+fn hmac(key: &[u8], data: &[u8]) -> Result<[u8; 32], CryptoError> {
+    use hmac::Mac as _;
+    let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(key)
+        .map_err(|_| CryptoError::BadMasterKey)?;
+    m.update(data);
+    Ok(m.finalize().into_bytes().into())
+}
+
+impl AuditKey {
+    /// HMAC-SHA256 of `data` under this key.
+    pub fn mac(&self, data: &[u8]) -> [u8; 32] {
+        // A 32-byte key is always accepted by HMAC.
+        hmac(self.0.as_ref(), data).unwrap_or([0u8; 32])
+    }
+}
+
+impl MasterKey {
+    /// The audit chain's key, derived from this master key.
+    pub fn audit_key(&self) -> Result<AuditKey, CryptoError> {
+        Ok(AuditKey(Zeroizing::new(hmac(
+            self.0.as_ref(),
+            b"secretd/audit-chain/v1",
+        )?)))
+    }
+}
+
 /// A data key as stored: its generation and the master-key-wrapped bytes.
 #[derive(Debug, Clone)]
 pub struct WrappedKey {

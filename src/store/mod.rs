@@ -258,6 +258,10 @@ impl Dump {
 }
 
 pub trait Store: Send + Sync + 'static {
+    /// Sets the key that chains audit records (derived from the master key);
+    /// writes that carry audit records fail until it is set. Set once.
+    fn set_audit_key(&self, key: crate::crypto::AuditKey);
+
     /// Allocates the next version of `path`, seals the value for it and
     /// stores it durably. Returns the new version.
     fn put(

@@ -32,6 +32,7 @@ use super::{
     StoredVersion, TokenRow, VersionMeta, VersionRow, WriteCtx, db_version, now_ms,
 };
 use crate::audit::{self, AuditRecord, ChainedRecord};
+use crate::crypto::AuditKey;
 use crate::crypto::WrappedKey;
 use crate::path::{SecretPath, Version};
 
@@ -73,6 +74,8 @@ impl Default for PgSettings {
 }
 
 pub struct PgStore {
+    /// Chains audit records; set once the master key is known.
+    audit_key: std::sync::OnceLock<Arc<AuditKey>>,
     pool: Pool,
     /// Client-side deadline for one whole operation.
     op_timeout: Duration,
@@ -314,6 +317,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Backend(format!("database pool: {e}")))?;
         let store = PgStore {
+            audit_key: std::sync::OnceLock::new(),
             pool,
             op_timeout: settings.statement_timeout + settings.acquire_timeout,
         };
@@ -373,12 +377,17 @@ impl PgStore {
     /// Runs one write in its own transaction, retrying serialization
     /// failures and deadlocks.
     async fn write(&self, op: WriteOp<'_>) -> Result<WriteOut, StoreError> {
+        let key = self
+            .audit_key
+            .get()
+            .cloned()
+            .ok_or_else(|| StoreError::Backend("audit key not set".into()))?;
         self.deadline(async {
             let mut tries = 0;
             loop {
                 let mut client = self.pool.get().await.map_err(map_pool)?;
                 let tx = client.transaction().await.map_err(map_pg)?;
-                let outcome = match apply(&tx, &op).await {
+                let outcome = match apply(&tx, &op, &key).await {
                     Ok(v) => tx.commit().await.map(|()| v).map_err(TxError::from),
                     Err(e) => Err(e),
                 };
@@ -524,6 +533,7 @@ async fn insert_audit(
 /// serialises appends across replicas, and inserts them.
 async fn append_audit_tx(
     tx: &deadpool_postgres::Transaction<'_>,
+    key: &AuditKey,
     records: &[AuditRecord],
 ) -> Result<(), TxError> {
     if records.is_empty() {
@@ -538,7 +548,7 @@ async fn append_audit_tx(
         )
         .await?
         .map_or((0, audit::GENESIS.to_vec()), |r| (r.get(0), r.get(1)));
-    for r in audit::chain(head, records.to_vec()) {
+    for r in audit::chain(key, head, records.to_vec()) {
         insert_audit(tx, &r).await?;
     }
     Ok(())
@@ -569,6 +579,7 @@ async fn insert_token(
 async fn apply(
     tx: &deadpool_postgres::Transaction<'_>,
     op: &WriteOp<'_>,
+    key: &AuditKey,
 ) -> Result<WriteOut, TxError> {
     match *op {
         WriteOp::Put {
@@ -613,7 +624,7 @@ async fn apply(
             .await?;
             let mut record = ctx.audit.clone();
             record.version = Some(version.as_i64());
-            append_audit_tx(tx, &[record]).await?;
+            append_audit_tx(tx, key, &[record]).await?;
             Ok(WriteOut::Version(version))
         }
         WriteOp::Delete { path, version, ctx } => {
@@ -638,7 +649,7 @@ async fn apply(
                 .collect::<Result<Vec<_>, _>>()?;
             out.sort_unstable();
             if !out.is_empty() {
-                append_audit_tx(tx, std::slice::from_ref(&ctx.audit)).await?;
+                append_audit_tx(tx, key, std::slice::from_ref(&ctx.audit)).await?;
             }
             Ok(WriteOut::Versions(out))
         }
@@ -667,12 +678,12 @@ async fn apply(
             // flushes them).
             tx.batch_execute("SET LOCAL synchronous_commit = off")
                 .await?;
-            append_audit_tx(tx, records).await?;
+            append_audit_tx(tx, key, records).await?;
             Ok(WriteOut::Done)
         }
         WriteOp::CreateToken { token, audit } => {
             insert_token(tx, token).await?;
-            append_audit_tx(tx, std::slice::from_ref(audit)).await?;
+            append_audit_tx(tx, key, std::slice::from_ref(audit)).await?;
             Ok(WriteOut::Done)
         }
         WriteOp::RevokeToken { id, audit } => {
@@ -684,7 +695,7 @@ async fn apply(
                 .await?
                 .map(|r| read_token(&r));
             if row.is_some() {
-                append_audit_tx(tx, std::slice::from_ref(audit)).await?;
+                append_audit_tx(tx, key, std::slice::from_ref(audit)).await?;
             }
             Ok(WriteOut::Token(row))
         }
@@ -700,6 +711,10 @@ async fn apply(
 }
 
 impl Store for PgStore {
+    fn set_audit_key(&self, key: AuditKey) {
+        let _ = self.audit_key.set(Arc::new(key));
+    }
+
     fn put(
         &self,
         path: SecretPath,

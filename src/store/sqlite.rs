@@ -22,6 +22,7 @@ use super::{
     StoredVersion, TokenRow, VersionMeta, VersionRow, WriteCtx, db_version, now_ms,
 };
 use crate::audit::{self, AuditRecord, ChainedRecord};
+use crate::crypto::AuditKey;
 use crate::crypto::WrappedKey;
 use crate::path::{SecretPath, Version};
 
@@ -94,6 +95,8 @@ fn scoped<T>(
 }
 
 pub struct SqliteStore {
+    /// Chains audit records; set once the master key is known.
+    audit_key: std::sync::OnceLock<Arc<AuditKey>>,
     writer: mpsc::UnboundedSender<WriteJob>,
     /// Transactions committed by the writer (each one WAL sync).
     commits: Arc<AtomicU64>,
@@ -209,11 +212,19 @@ impl SqliteStore {
             .spawn(move || writer_loop(conn, rx, &counter))
             .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
         Ok(SqliteStore {
+            audit_key: std::sync::OnceLock::new(),
             writer: tx,
             commits,
             readers: Arc::new(Mutex::new(Vec::new())),
             db_path: db_path.to_path_buf(),
         })
+    }
+
+    fn key(&self) -> Result<Arc<AuditKey>, StoreError> {
+        self.audit_key
+            .get()
+            .cloned()
+            .ok_or_else(|| StoreError::Backend("audit key not set".into()))
     }
 
     /// How many write transactions were committed so far.
@@ -375,6 +386,7 @@ fn put_row(
     seal: &Sealer,
     mode: PutMode,
     ctx: WriteCtx,
+    key: &AuditKey,
 ) -> Result<Version, StoreError> {
     if mode == PutMode::ExistingOnly && !has_live_version(c, path)? {
         return Err(StoreError::NoLiveVersion);
@@ -395,7 +407,7 @@ fn put_row(
     .execute(params![id, version.as_i64(), envelope, now, ctx.actor])?;
     let mut record = ctx.audit;
     record.version = Some(version.as_i64());
-    append_audit_rows(c, vec![record])?;
+    append_audit_rows(c, key, vec![record])?;
     Ok(version)
 }
 
@@ -404,6 +416,7 @@ fn delete_rows(
     path: &SecretPath,
     version: Option<Version>,
     ctx: WriteCtx,
+    key: &AuditKey,
 ) -> Result<Vec<Version>, StoreError> {
     let now = now_ms();
     let mut stmt = c.prepare_cached(
@@ -423,7 +436,7 @@ fn delete_rows(
     }
     out.sort_unstable();
     if !out.is_empty() {
-        append_audit_rows(c, vec![ctx.audit])?;
+        append_audit_rows(c, key, vec![ctx.audit])?;
     }
     Ok(out)
 }
@@ -431,7 +444,11 @@ fn delete_rows(
 /// Chains `records` after the current head of the log and inserts them.
 /// Runs inside the writer's transaction, which holds the write lock, so the
 /// head cannot move underneath (also against other processes).
-fn append_audit_rows(c: &Connection, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+fn append_audit_rows(
+    c: &Connection,
+    key: &AuditKey,
+    records: Vec<AuditRecord>,
+) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
     }
@@ -444,7 +461,7 @@ fn append_audit_rows(c: &Connection, records: Vec<AuditRecord>) -> Result<(), St
         "INSERT INTO audit_log (seq, time, request_id, token_id, token_name, client, operation, path, version, outcome, status, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
-    for r in audit::chain(head, records) {
+    for r in audit::chain(key, head, records) {
         let a = &r.record;
         ins.execute(params![
             r.seq,
@@ -672,6 +689,10 @@ fn export_rows(c: &Connection) -> Result<Dump, StoreError> {
 }
 
 impl Store for SqliteStore {
+    fn set_audit_key(&self, key: AuditKey) {
+        let _ = self.audit_key.set(Arc::new(key));
+    }
+
     fn put(
         &self,
         path: SecretPath,
@@ -679,7 +700,12 @@ impl Store for SqliteStore {
         mode: PutMode,
         ctx: WriteCtx,
     ) -> BoxFuture<'_, Result<Version, StoreError>> {
-        Box::pin(self.write(false, move |c| put_row(c, &path, &seal, mode, ctx)))
+        let key = self.key();
+        Box::pin(async move {
+            let key = key?;
+            self.write(false, move |c| put_row(c, &path, &seal, mode, ctx, &key))
+                .await
+        })
     }
 
     fn get<'a>(
@@ -718,7 +744,12 @@ impl Store for SqliteStore {
         version: Option<Version>,
         ctx: WriteCtx,
     ) -> BoxFuture<'_, Result<Vec<Version>, StoreError>> {
-        Box::pin(self.write(true, move |c| delete_rows(c, &path, version, ctx)))
+        let key = self.key();
+        Box::pin(async move {
+            let key = key?;
+            self.write(true, move |c| delete_rows(c, &path, version, ctx, &key))
+                .await
+        })
     }
 
     fn list<'a>(
@@ -781,7 +812,12 @@ impl Store for SqliteStore {
     }
 
     fn append_audit(&self, records: Vec<AuditRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.enqueue(false, false, move |c| append_audit_rows(c, records)))
+        let key = self.key();
+        Box::pin(async move {
+            let key = key?;
+            self.enqueue(false, false, move |c| append_audit_rows(c, &key, records))
+                .await
+        })
     }
 
     fn audit_page(
@@ -804,10 +840,15 @@ impl Store for SqliteStore {
         token: TokenRow,
         audit: AuditRecord,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.write(false, move |c| {
-            insert_token(c, &token)?;
-            append_audit_rows(c, vec![audit])
-        }))
+        let key = self.key();
+        Box::pin(async move {
+            let key = key?;
+            self.write(false, move |c| {
+                insert_token(c, &token)?;
+                append_audit_rows(c, &key, vec![audit])
+            })
+            .await
+        })
     }
 
     fn token_by_hash<'a>(
@@ -838,18 +879,23 @@ impl Store for SqliteStore {
         id: String,
         audit: AuditRecord,
     ) -> BoxFuture<'_, Result<Option<TokenRow>, StoreError>> {
-        Box::pin(self.write(false, move |c| {
-            let row = c
-                .prepare_cached(&format!(
-                    "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL RETURNING {TOKEN_COLUMNS}"
-                ))?
-                .query_row(params![now_ms(), id], read_token)
-                .optional()?;
-            if row.is_some() {
-                append_audit_rows(c, vec![audit])?;
-            }
-            Ok(row)
-        }))
+        let key = self.key();
+        Box::pin(async move {
+            let key = key?;
+            self.write(false, move |c| {
+                let row = c
+                    .prepare_cached(&format!(
+                        "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL RETURNING {TOKEN_COLUMNS}"
+                    ))?
+                    .query_row(params![now_ms(), id], read_token)
+                    .optional()?;
+                if row.is_some() {
+                    append_audit_rows(c, &key, vec![audit])?;
+                }
+                Ok(row)
+            })
+            .await
+        })
     }
 
     fn touch_token(&self, id: String, at: i64) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -956,6 +1002,12 @@ mod tests {
     async fn concurrent_writes_share_one_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
+        store.set_audit_key(
+            crate::crypto::MasterKey::generate()
+                .unwrap()
+                .audit_key()
+                .unwrap(),
+        );
         // Hold the writer inside the first write so the others queue up.
         let slow: Sealer = Box::new(|v: Version| {
             std::thread::sleep(std::time::Duration::from_millis(300));
@@ -998,6 +1050,12 @@ mod tests {
     async fn a_failed_write_does_not_undo_its_batch_or_burn_a_version() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        store.set_audit_key(
+            crate::crypto::MasterKey::generate()
+                .unwrap()
+                .audit_key()
+                .unwrap(),
+        );
         let p = path("tfy-secret/f/x");
         let failing: Sealer = Box::new(|_| Err(CryptoError::Rng));
         let (a, b, c) = tokio::join!(

@@ -309,9 +309,9 @@ impl TestServer {
         ];
         // Tests send many bad keys on purpose; the limiter has its own test.
         cfg.auth_fail_limit = 0;
+        cfg.master_key = Some(SecretString::new(MASTER_KEY.into()));
         if let Backend::Postgres(url) = backend.clone() {
             cfg.store.database_url = Some(SecretString::new(url));
-            cfg.master_key = Some(SecretString::new(MASTER_KEY.into()));
         }
         tweak(&mut cfg);
         let opened = secretd::bootstrap::open(&cfg).await.expect("open");
@@ -357,6 +357,7 @@ impl TestServer {
             .args(args)
             .args(self.store_args())
             .env_remove("SECRETD_DATABASE_URL")
+            .env("SECRETD_MASTER_KEY", MASTER_KEY)
             .output()
             .expect("run secretd");
         (

@@ -1220,3 +1220,80 @@ async fn audit_verify_names_an_unreadable_record() {
     assert!(!ok);
     assert!(err.contains("record 3"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_rewritten_without_the_master_key_does_not_verify() {
+    let s = TestServer::start_on(Backend::Sqlite).await;
+    for i in 0..6 {
+        s.client
+            .put_ok(&format!("tfy-secret/forge/s{i}"), "v")
+            .await;
+    }
+    assert!(s.cli(&["audit", "verify"]).0);
+    // The attacker can write the database but lacks the master key: drop
+    // record 3, renumber, and re-chain everything after it with a key of its own.
+    let db = rusqlite::Connection::open(s.data_dir.join("secretd.db")).expect("open");
+    db.busy_timeout(Duration::from_secs(5)).expect("busy");
+    db.execute("DELETE FROM audit_log WHERE seq = 3", [])
+        .expect("delete");
+    db.execute("UPDATE audit_log SET seq = seq - 1 WHERE seq > 3", [])
+        .expect("renumber");
+    let rows: Vec<(i64, secretd::audit::AuditRecord)> = db
+        .prepare(
+            "SELECT seq, time, request_id, token_id, token_name, client, operation, path, version, outcome, status
+             FROM audit_log WHERE seq >= 3 ORDER BY seq",
+        )
+        .expect("prepare")
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                secretd::audit::AuditRecord {
+                    time_ms: r.get(1)?,
+                    request_id: r.get(2)?,
+                    token_id: r.get(3)?,
+                    token_name: r.get(4)?,
+                    client: r.get(5)?,
+                    operation: r.get(6)?,
+                    path: r.get(7)?,
+                    version: r.get(8)?,
+                    outcome: r.get(9)?,
+                    status: r.get(10)?,
+                },
+            ))
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let mut prev: Vec<u8> = db
+        .query_row("SELECT hash FROM audit_log WHERE seq = 2", [], |r| r.get(0))
+        .expect("head");
+    let forger = secretd::crypto::MasterKey::generate()
+        .expect("key")
+        .audit_key()
+        .expect("audit key");
+    for (seq, rec) in rows {
+        let hash = secretd::audit::chain_hash(&forger, &prev, seq, &rec).to_vec();
+        db.execute(
+            "UPDATE audit_log SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            rusqlite::params![prev, hash, seq],
+        )
+        .expect("rewrite");
+        prev = hash;
+    }
+    drop(db);
+    let (ok, _, err) = s.cli(&["audit", "verify"]);
+    assert!(!ok, "a chain forged without the master key verified");
+    assert!(err.contains("record 3"), "{err}");
+    // and verification needs the right key: another one is refused up front
+    let out = std::process::Command::new(bin())
+        .args(["audit", "verify"])
+        .args(s.store_args())
+        .env(
+            "SECRETD_MASTER_KEY",
+            "HxwdHh8AAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRo=",
+        )
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("master key does not open"));
+}
