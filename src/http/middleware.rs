@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use zeroize::Zeroizing;
 
 use super::AppState;
 use crate::audit::AuditRecord;
@@ -96,8 +97,11 @@ fn client_addr(req: &Request) -> Option<SocketAddr> {
 
 /// The principal all of the request's credentials resolve to (static keys
 /// first, then managed tokens); `None` if any of them does not.
-async fn resolve(s: &AppState, headers: &HeaderMap) -> Result<Option<Principal>, Error> {
-    let Some(creds) = s.api_keys.credentials(headers) else {
+async fn resolve(
+    s: &AppState,
+    creds: Option<Vec<Zeroizing<Vec<u8>>>>,
+) -> Result<Option<Principal>, Error> {
+    let Some(creds) = creds else {
         return Ok(None);
     };
     let mut who = None;
@@ -128,8 +132,8 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         }
         .into_response();
     }
-    let headers = req.headers().clone();
-    let principal = match resolve(&s, &headers).await {
+    let creds = s.api_keys.credentials(req.headers());
+    let principal = match resolve(&s, creds).await {
         Ok(Some(p)) => p,
         Ok(None) => return Error::Unauthorized.into_response(),
         Err(e) => {

@@ -267,31 +267,49 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
     }
 
+    /// Runs a read on a pooled connection on a blocking thread (for reads
+    /// that may take long: listings, exports).
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let readers = Arc::clone(&self.readers);
         let db_path = self.db_path.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = readers.lock().ok().and_then(|mut v| v.pop());
-            let conn = match pooled {
-                Some(c) => c,
-                None => {
-                    let c = open_connection(&db_path)?;
-                    c.execute_batch("PRAGMA query_only = ON;")?;
-                    c
-                }
-            };
-            let out = f(&conn);
-            if let Ok(mut v) = readers.lock() {
-                v.push(conn);
-            }
-            out
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?
+        tokio::task::spawn_blocking(move || with_reader(&readers, &db_path, f))
+            .await
+            .map_err(|e| StoreError::Backend(format!("reader task: {e}")))?
     }
+
+    /// Runs a point read (one indexed row, microseconds) right here: a WAL
+    /// reader never waits for the writer, and a hop to a blocking thread
+    /// would cost more than the query.
+    fn read_now<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        with_reader(&self.readers, &self.db_path, f)
+    }
+}
+
+fn with_reader<T>(
+    readers: &Mutex<Vec<Connection>>,
+    db_path: &Path,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let pooled = readers.lock().ok().and_then(|mut v| v.pop());
+    let conn = match pooled {
+        Some(c) => c,
+        None => {
+            let c = open_connection(db_path)?;
+            c.execute_batch("PRAGMA query_only = ON;")?;
+            c
+        }
+    };
+    let out = f(&conn);
+    if let Ok(mut v) = readers.lock() {
+        v.push(conn);
+    }
+    out
 }
 
 fn writer_loop(
@@ -713,8 +731,7 @@ impl Store for SqliteStore {
         path: &'a SecretPath,
         version: Option<Version>,
     ) -> BoxFuture<'a, Result<Option<StoredVersion>, StoreError>> {
-        let path = path.clone();
-        Box::pin(self.read(move |c| {
+        let out = self.read_now(|c| {
             let row: Option<(i64, Vec<u8>, i64)> = c
                 .prepare_cached(
                     "SELECT v.version, v.envelope, v.created_at
@@ -729,13 +746,14 @@ impl Store for SqliteStore {
                 .optional()?;
             row.map(|(v, envelope, created_at_ms)| {
                 Ok(StoredVersion {
-                    version: db_version(&path, v)?,
+                    version: db_version(path, v)?,
                     envelope,
                     created_at_ms,
                 })
             })
             .transpose()
-        }))
+        });
+        Box::pin(std::future::ready(out))
     }
 
     fn delete(
@@ -855,14 +873,14 @@ impl Store for SqliteStore {
         &'a self,
         hash: &'a [u8],
     ) -> BoxFuture<'a, Result<Option<TokenRow>, StoreError>> {
-        let hash = hash.to_vec();
-        Box::pin(self.read(move |c| {
+        let out = self.read_now(|c| {
             Ok(c.prepare_cached(&format!(
                 "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"
             ))?
             .query_row([hash], read_token)
             .optional()?)
-        }))
+        });
+        Box::pin(std::future::ready(out))
     }
 
     fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, StoreError>> {
