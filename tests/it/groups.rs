@@ -136,6 +136,23 @@ async fn role_and_scope_matrix(b: Backend) {
                 send(c.addr, "GET", "/v1/tokens", &c.auth(), None).await,
                 pick([403, 403, 200]),
             ),
+            (
+                "create token",
+                send(
+                    c.addr,
+                    "POST",
+                    "/v1/tokens",
+                    &[("x-api-key", c.key.as_str()), ("content-type", "application/json")],
+                    Some(json!({ "name": format!("made-by-{role}"), "role": "viewer", "scopes": ["tfy-secret/acme"] }).to_string().as_bytes()),
+                )
+                .await,
+                pick([403, 403, 201]),
+            ),
+            (
+                "revoke token",
+                send(c.addr, "DELETE", "/v1/tokens/viewer-acme", &c.auth(), None).await,
+                pick([403, 403, 200]),
+            ),
             // whole segments only, and other groups, whatever the role
             (
                 "read acme-evil",
