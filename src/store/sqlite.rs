@@ -381,13 +381,6 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) -> bool {
     ok
 }
 
-fn version_of(path: &str, v: i64) -> Result<Version, StoreError> {
-    u64::try_from(v)
-        .ok()
-        .and_then(|n| Version::new(n).ok())
-        .ok_or_else(|| StoreError::Corrupt(format!("{path}: version {v} out of range")))
-}
-
 fn has_live_version(c: &Connection, path: &SecretPath) -> Result<bool, StoreError> {
     Ok(c.prepare_cached(
         "SELECT 1 FROM secrets s JOIN versions v ON v.secret_id = s.id
@@ -480,23 +473,31 @@ fn append_audit_rows(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
     for r in audit::chain(key, head, records) {
-        let a = &r.record;
-        ins.execute(params![
-            r.seq,
-            a.time_ms,
-            a.request_id,
-            a.token_id,
-            a.token_name,
-            a.client,
-            a.operation,
-            a.path,
-            a.version,
-            a.outcome,
-            a.status,
-            r.prev_hash,
-            r.hash
-        ])?;
+        insert_audit_row(&mut ins, &r)?;
     }
+    Ok(())
+}
+
+fn insert_audit_row(
+    ins: &mut rusqlite::CachedStatement<'_>,
+    r: &ChainedRecord,
+) -> Result<(), StoreError> {
+    let a = &r.record;
+    ins.execute(params![
+        r.seq,
+        a.time_ms,
+        a.request_id,
+        a.token_id,
+        a.token_name,
+        a.client,
+        a.operation,
+        a.path,
+        a.version,
+        a.outcome,
+        a.status,
+        r.prev_hash,
+        r.hash
+    ])?;
     Ok(())
 }
 
@@ -629,22 +630,7 @@ fn import_rows(c: &Connection, dump: &Dump, replace: bool) -> Result<(), StoreEr
         "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
     ))?;
     for r in &dump.audit {
-        let a = &r.record;
-        ins.execute(params![
-            r.seq,
-            a.time_ms,
-            a.request_id,
-            a.token_id,
-            a.token_name,
-            a.client,
-            a.operation,
-            a.path,
-            a.version,
-            a.outcome,
-            a.status,
-            r.prev_hash,
-            r.hash
-        ])?;
+        insert_audit_row(&mut ins, r)?;
     }
     Ok(())
 }
@@ -823,7 +809,7 @@ impl Store for SqliteStore {
             })?;
             let out = rows.collect::<Result<Vec<_>, _>>()?;
             for m in &out {
-                version_of(path.as_str(), m.version)?;
+                db_version(&path, m.version)?;
             }
             Ok(out)
         }))
