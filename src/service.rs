@@ -459,9 +459,12 @@ impl Service {
         {
             return Err(Denied::Scope.into());
         }
-        // Only query the parts of the table the caller may see: the
-        // narrower of (prefix, scope) for every overlapping scope, without
-        // nested duplicates. Their ranges are disjoint, so visiting them in
+        // Only query the parts of the table the caller may see: for every
+        // scope overlapping the prefix, the narrower of the two, without
+        // nested duplicates. Each such prefix `r` is two disjoint pieces:
+        // the secret at `r` itself (unless `r` is the listed prefix: a
+        // listing shows what is below it) and its children ("r/" .. "r0").
+        // Pieces of non-nested prefixes never overlap, so visiting them in
         // order of their lower bound keeps the listing sorted.
         let mut ranges: Vec<Scope> = p
             .scopes
@@ -476,48 +479,91 @@ impl Service {
                 }
             })
             .collect();
-        ranges.sort_by(|a, b| format!("{a}/").cmp(&format!("{b}/")));
+        ranges.sort();
         ranges.dedup();
         let snapshot = ranges.clone();
         ranges.retain(|r| !snapshot.iter().any(|o| o != r && o.contains(r)));
+        enum Piece {
+            Exact(String),
+            Children(Scope),
+        }
+        let mut pieces: Vec<(String, Piece)> = Vec::new();
+        for r in ranges {
+            if r != prefix {
+                pieces.push((r.as_str().to_owned(), Piece::Exact(r.as_str().to_owned())));
+            }
+            pieces.push((format!("{r}/"), Piece::Children(r)));
+        }
+        pieces.sort_by(|a, b| a.0.cmp(&b.0));
         let mut items = Vec::with_capacity(limit.min(1024));
         let mut after = after;
-        for range in &ranges {
-            // Skip ranges wholly before the cursor.
-            if after
-                .as_deref()
-                .is_some_and(|a| a >= format!("{range}0").as_str())
-            {
-                continue;
-            }
-            loop {
-                let want = limit - items.len();
-                let batch = self
-                    .store
-                    .list(range.as_str(), after.as_deref(), want)
-                    .await?;
-                let exhausted = batch.len() < want;
-                for item in batch {
-                    after = Some(item.path.clone());
-                    if p.check_scope(&item.path).is_ok() {
+        for (_, piece) in &pieces {
+            match piece {
+                Piece::Exact(path) => {
+                    if after.as_deref().is_some_and(|a| a >= path.as_str()) {
+                        continue;
+                    }
+                    if let Some(item) = self.exact_item(path).await? {
+                        after = Some(item.path.clone());
                         items.push(item);
                     }
                 }
-                if items.len() == limit {
-                    return Ok(ListPage {
-                        items,
-                        next_after: after,
-                    });
+                Piece::Children(range) => {
+                    // Skip a range wholly before the cursor.
+                    if after
+                        .as_deref()
+                        .is_some_and(|a| a >= format!("{range}0").as_str())
+                    {
+                        continue;
+                    }
+                    loop {
+                        let want = limit - items.len();
+                        let batch = self
+                            .store
+                            .list(range.as_str(), after.as_deref(), want)
+                            .await?;
+                        let exhausted = batch.len() < want;
+                        for item in batch {
+                            after = Some(item.path.clone());
+                            if p.check_scope(&item.path).is_ok() {
+                                items.push(item);
+                            }
+                        }
+                        if items.len() == limit || exhausted {
+                            break;
+                        }
+                    }
                 }
-                if exhausted {
-                    break;
-                }
+            }
+            if items.len() == limit {
+                return Ok(ListPage {
+                    items,
+                    next_after: after,
+                });
             }
         }
         Ok(ListPage {
             items,
             next_after: None,
         })
+    }
+
+    /// The listing entry of the secret at exactly `path`, if it has a live
+    /// version.
+    async fn exact_item(&self, path: &str) -> Result<Option<ListItem>, Error> {
+        let Ok(sp) = SecretPath::parse(path) else {
+            return Ok(None);
+        };
+        let versions = self.store.metadata(&sp).await?;
+        Ok(versions
+            .iter()
+            .rev()
+            .find(|v| v.deleted_at.is_none())
+            .map(|v| ListItem {
+                path: path.to_owned(),
+                latest_version: v.version,
+                updated_at: v.created_at,
+            }))
     }
 
     /// Every version of a secret, without values.
@@ -689,30 +735,34 @@ impl Service {
                 "no such token within this token's scope".into(),
             ));
         };
-        if t.row.revoked_at.is_some() {
-            return Err(Error::NotFound("the token is already revoked".into()));
-        }
-        let revoked = self
-            .revoke_one(ctx, &t.row.id)
-            .await?
-            .ok_or_else(|| Error::NotFound("the token is already revoked".into()))?;
-        // Cascade: what a revoked token created dies with it.
+        // Revoke the token unless already revoked, then (also when it was, so
+        // a cascade cut short by an outage can be finished by retrying) every
+        // live token it created, recursively.
+        let revoked = if t.row.revoked_at.is_none() {
+            self.revoke_one(ctx, &t.row.id).await?
+        } else {
+            None
+        };
         let all = self.store.tokens().await?;
-        let mut queue = vec![revoked.row.id.clone()];
+        let mut cascaded = 0;
+        let mut queue = vec![t.row.id.clone()];
         let mut seen = std::collections::HashSet::new();
         while let Some(parent) = queue.pop() {
             if !seen.insert(parent.clone()) {
                 continue;
             }
-            for child in all
-                .iter()
-                .filter(|c| c.created_by == parent && c.revoked_at.is_none())
-            {
-                self.revoke_one(ctx, &child.id).await?;
+            for child in all.iter().filter(|c| c.created_by == parent) {
+                if child.revoked_at.is_none() && self.revoke_one(ctx, &child.id).await?.is_some() {
+                    cascaded += 1;
+                }
                 queue.push(child.id.clone());
             }
         }
-        Ok(revoked)
+        match revoked {
+            Some(info) => Ok(info),
+            None if cascaded > 0 => Ok(t),
+            None => Err(Error::NotFound("the token is already revoked".into())),
+        }
     }
 
     async fn revoke_one(&self, ctx: &RequestCtx, id: &str) -> Result<Option<TokenInfo>, Error> {

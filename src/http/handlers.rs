@@ -294,7 +294,9 @@ pub async fn revoke_token(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
-    ctx.note("token.revoke", Some(&format!("token:{id}")), None);
+    if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()) {
+        ctx.note("token.revoke", Some(&format!("token:{id}")), None);
+    }
     let t = s.service.revoke_token(&ctx.req, &id).await?;
     Ok(audited(
         StatusCode::OK,

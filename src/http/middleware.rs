@@ -95,15 +95,42 @@ fn client_addr(req: &Request) -> Option<SocketAddr> {
         .map(|c| c.0)
 }
 
-/// The principal all of the request's credentials resolve to (static keys
-/// first, then managed tokens); `None` if any of them does not.
-async fn resolve(
-    s: &AppState,
-    creds: Option<Vec<Zeroizing<Vec<u8>>>>,
-) -> Result<Option<Principal>, Error> {
+/// Managed tokens carry this prefix; anything else can only be a static key.
+const TOKEN_PREFIX: &[u8] = b"sdt_";
+
+/// What the request's credentials are, decided without I/O where possible.
+enum Resolved {
+    /// All credentials are static keys: this principal.
+    Static(Principal),
+    /// Some credential cannot be valid (no such static key, not a token).
+    Invalid,
+    /// Managed tokens must be looked up in the store.
+    Lookup(Vec<Zeroizing<Vec<u8>>>),
+}
+
+fn resolve_now(s: &AppState, creds: Option<Vec<Zeroizing<Vec<u8>>>>) -> Resolved {
     let Some(creds) = creds else {
-        return Ok(None);
+        return Resolved::Invalid;
     };
+    let mut who = None;
+    for c in &creds {
+        match s.api_keys.lookup(c) {
+            Some(id) => {
+                who.get_or_insert_with(|| Principal::static_key(id));
+            }
+            None if c.starts_with(TOKEN_PREFIX) => return Resolved::Lookup(creds),
+            None => return Resolved::Invalid,
+        }
+    }
+    who.map_or(Resolved::Invalid, Resolved::Static)
+}
+
+/// The principal all of the credentials resolve to (static keys, then
+/// managed tokens looked up by hash); `None` if any of them does not.
+async fn resolve_tokens(
+    s: &AppState,
+    creds: Vec<Zeroizing<Vec<u8>>>,
+) -> Result<Option<Principal>, Error> {
     let mut who = None;
     for c in &creds {
         let p = match s.api_keys.lookup(c) {
@@ -120,10 +147,14 @@ async fn resolve(
 
 /// Authenticates the request (401 if not, 429 if its address failed too
 /// often) and hands the principal to the handler and the audit layer.
+///
+/// Static keys (which may be weak) are checked with no I/O between the
+/// limiter's check and its count, so a concurrent burst of guesses cannot
+/// exceed the limit. Managed tokens (256 random bits) need a store lookup:
+/// their failures are counted when the lookup answers, and concurrent valid
+/// tokens never count against their address.
 pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let ip = client_addr(&req).map(|a| a.ip());
-    // Every attempt counts against the address until it authenticates, so
-    // a burst of concurrent bad keys cannot exceed the limit.
     if let Some(ip) = ip
         && let Err(secs) = s.limiter.attempt(ip)
     {
@@ -133,19 +164,31 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         .into_response();
     }
     let creds = s.api_keys.credentials(req.headers());
-    let principal = match resolve(&s, creds).await {
-        Ok(Some(p)) => p,
-        Ok(None) => return Error::Unauthorized.into_response(),
-        Err(e) => {
+    let principal = match resolve_now(&s, creds) {
+        Resolved::Static(p) => {
             if let Some(ip) = ip {
-                s.limiter.succeeded(ip); // an outage is not the client's failure
+                s.limiter.succeeded(ip);
             }
-            return e.into_response();
+            p
+        }
+        // The attempt stays counted as a failure.
+        Resolved::Invalid => return Error::Unauthorized.into_response(),
+        Resolved::Lookup(creds) => {
+            if let Some(ip) = ip {
+                s.limiter.succeeded(ip); // un-count before waiting on the store
+            }
+            match resolve_tokens(&s, creds).await {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    if let Some(ip) = ip {
+                        s.limiter.fail(ip);
+                    }
+                    return Error::Unauthorized.into_response();
+                }
+                Err(e) => return e.into_response(),
+            }
         }
     };
-    if let Some(ip) = ip {
-        s.limiter.succeeded(ip);
-    }
     req.extensions_mut().insert(principal.clone());
     let mut res = next.run(req).await;
     res.extensions_mut().insert(KeyId(principal.id.clone()));

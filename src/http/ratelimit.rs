@@ -71,6 +71,24 @@ impl FailLimiter {
         Ok(())
     }
 
+    /// Counts one failed authentication from `ip` that was not pre-counted
+    /// by [`FailLimiter::attempt`] (a token rejected after a store lookup).
+    pub fn fail(&self, ip: IpAddr) {
+        if self.max_failures == 0 {
+            return;
+        }
+        let Ok(mut t) = self.table.lock() else { return };
+        let now = Instant::now();
+        let e = t.entry(client_key(ip)).or_insert((now, 0));
+        if now.duration_since(e.0) >= self.window {
+            *e = (now, 0);
+        }
+        e.1 = e.1.saturating_add(1);
+        if t.len() > self.capacity {
+            self.shrink(&mut t, now);
+        }
+    }
+
     /// The attempt authenticated: it was not a failure after all.
     pub fn succeeded(&self, ip: IpAddr) {
         if self.max_failures == 0 {

@@ -211,11 +211,19 @@ impl SqliteStore {
             .name("secretd-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, &counter))
             .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
+        // Warm the reader pool so point reads on async workers never open a
+        // connection inline.
+        let mut warm = Vec::new();
+        for _ in 0..4 {
+            let c = open_connection(db_path)?;
+            c.execute_batch("PRAGMA query_only = ON;")?;
+            warm.push(c);
+        }
         Ok(SqliteStore {
             audit_key: std::sync::OnceLock::new(),
             writer: tx,
             commits,
-            readers: Arc::new(Mutex::new(Vec::new())),
+            readers: Arc::new(Mutex::new(warm)),
             db_path: db_path.to_path_buf(),
         })
     }

@@ -19,6 +19,8 @@ crate::both_backends!(
     reads_fail_closed_when_the_audit_log_cannot_be_written,
     tokens_never_outlive_or_escape_their_creator,
     scoped_listing_visits_only_its_groups,
+    scopes_naming_single_secrets_are_listed,
+    many_concurrent_valid_tokens_are_never_rate_limited,
 );
 
 /// Creates a token through the API with the static admin key.
@@ -1313,4 +1315,122 @@ async fn a_chain_rewritten_without_the_master_key_does_not_verify() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("master key does not open"));
+}
+
+async fn scopes_naming_single_secrets_are_listed(b: Backend) {
+    let s = TestServer::start_on(b).await;
+    let root = &s.client;
+    for p in [
+        "tfy-secret/a",
+        "tfy-secret/a/x",
+        "tfy-secret/a-b",
+        "tfy-secret/a-b/y",
+        "tfy-secret/ab",
+        "tfy-secret/ab/z",
+        "tfy-secret/acme/db",
+        "tfy-secret/acme/other",
+    ] {
+        root.put_ok(p, "v").await;
+    }
+    let one = as_token(
+        root,
+        &token(root, "just-db", "viewer", &["tfy-secret/acme/db"], None).await,
+    );
+    for prefix in ["tfy-secret", "tfy-secret/acme"] {
+        let j = one
+            .get_uri(&format!("/secrets?path={prefix}&list=true"))
+            .await
+            .json();
+        let paths: Vec<&str> = j["secrets"]
+            .as_array()
+            .expect("secrets")
+            .iter()
+            .filter_map(|i| i["path"].as_str())
+            .collect();
+        assert_eq!(paths, ["tfy-secret/acme/db"], "{prefix}");
+    }
+    let multi = as_token(
+        root,
+        &token(
+            root,
+            "three",
+            "viewer",
+            &["tfy-secret/a", "tfy-secret/a-b", "tfy-secret/ab"],
+            None,
+        )
+        .await,
+    );
+    let want = [
+        "tfy-secret/a",
+        "tfy-secret/a-b",
+        "tfy-secret/a-b/y",
+        "tfy-secret/a/x",
+        "tfy-secret/ab",
+        "tfy-secret/ab/z",
+    ];
+    for limit in [1, 2, 100] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut uri = format!("/secrets?path=tfy-secret&list=true&limit={limit}");
+            if let Some(c) = &cursor {
+                uri.push_str(&format!("&cursor={}", enc(c)));
+            }
+            let j = multi.get_uri(&uri).await.json();
+            for i in j["secrets"].as_array().expect("secrets") {
+                seen.push(i["path"].as_str().expect("path").to_owned());
+            }
+            match j["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, want, "limit {limit}");
+    }
+    // the listed prefix itself is not below itself
+    let j = multi
+        .get_uri("/secrets?path=tfy-secret/a&list=true")
+        .await
+        .json();
+    let paths: Vec<&str> = j["secrets"]
+        .as_array()
+        .expect("secrets")
+        .iter()
+        .filter_map(|i| i["path"].as_str())
+        .collect();
+    assert_eq!(paths, ["tfy-secret/a/x"]);
+}
+
+async fn many_concurrent_valid_tokens_are_never_rate_limited(b: Backend) {
+    let s = TestServer::start_with(b, |c| {
+        c.auth_fail_limit = 5;
+        c.auth_fail_window = Duration::from_secs(60);
+    })
+    .await;
+    s.client.put_ok("tfy-secret/busy/x", "v").await;
+    let t = token(&s.client, "busy", "editor", &["tfy-secret/busy"], None).await;
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let c = as_token(&s.client, &t);
+        tasks.push(tokio::spawn(async move {
+            c.get("tfy-secret/busy/x", None).await.status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), 200);
+    }
+    // bad managed tokens still count
+    for i in 0..5 {
+        let r = as_token(&s.client, &format!("sdt_wrong{i}"))
+            .get("tfy-secret/busy/x", None)
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    assert_eq!(
+        as_token(&s.client, "sdt_wrong")
+            .get("tfy-secret/busy/x", None)
+            .await
+            .status,
+        429
+    );
 }
