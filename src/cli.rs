@@ -441,7 +441,12 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(cfg.shutdown_timeout).await;
     };
     tokio::select! {
-        r = http::serve(listener, state, shutdown) => r?,
+        r = http::serve_with(
+            listener,
+            state,
+            http::Transport { header_timeout: cfg.header_timeout, max_connections: cfg.max_connections },
+            shutdown,
+        ) => r?,
         () = drain_deadline => {
             tracing::warn!(timeout = ?cfg.shutdown_timeout, "in-flight requests did not finish in time; exiting");
         }

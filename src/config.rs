@@ -89,6 +89,14 @@ pub struct ServeConfig {
     #[arg(long, env = "SECRETD_AUDIT_STREAM")]
     pub audit_stream: Option<String>,
 
+    /// A client must send each request's header within this time (slowloris).
+    #[arg(long, env = "SECRETD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Most client connections served at once.
+    #[arg(long, env = "SECRETD_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// After SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "SECRETD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -193,6 +201,8 @@ impl ServeConfig {
             api_keys: Vec::new(),
             auth_headers: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 4096,
             audit_stream: None,
             max_body_bytes: 1024 * 1024,
             max_value_bytes: 64 * 1024,

@@ -11,6 +11,7 @@ pub mod ratelimit;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{MethodRouter, delete, get};
@@ -76,15 +77,93 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` completes, then
-/// waits for in-flight requests to finish.
+/// Limits of the transport, against slow and greedy clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Transport {
+    /// A client must send a request's whole header within this time, or the
+    /// connection is closed (slowloris).
+    pub header_timeout: Duration,
+    /// Most connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            header_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Serves `router(state)` on `listener` with default transport limits until
+/// `shutdown` completes, then waits for in-flight requests to finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, state, Transport::default(), shutdown).await
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` completes: stops
+/// accepting, lets in-flight requests finish, closes idle connections.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    transport: Transport,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let app = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        transport.max_connections.max(1),
+    ));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => p.map_err(std::io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // e.g. EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc =
+            app.clone()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(addr));
+                    req
+                });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(transport.header_timeout)
+            .serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(svc),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _slot = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

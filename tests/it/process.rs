@@ -599,3 +599,86 @@ fn cli_path_and_help() {
         assert!(!text.contains("hidden-secret-key"), "help shows a key");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_are_cut_off_and_health_stays_fast() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Proc::start(
+        &data,
+        &[("SECRETD_API_KEYS", KEY), ("SECRETD_HEADER_TIMEOUT", "1s")],
+    );
+    // 64 connections that send half a header and then nothing
+    let mut slow = Vec::new();
+    for _ in 0..64 {
+        let mut s = std::net::TcpStream::connect(p.addr).expect("connect");
+        s.write_all(b"GET /secrets?path=tfy-secret/x HTTP/1.1\r\nHost: x\r\nX-Api")
+            .expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        slow.push(s);
+    }
+    // meanwhile the server answers others at once
+    let t = Instant::now();
+    let r = send(p.addr, "GET", "/healthz", &[], None).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "healthz took {:?}",
+        t.elapsed()
+    );
+    // and every slow connection is closed within the header timeout (+ slack)
+    let t = Instant::now();
+    for mut s in slow {
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf); // EOF (or a 408) once the server gives up
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "slow connections held for {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_cap_wait_their_turn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Proc::start(
+        &data,
+        &[("SECRETD_API_KEYS", KEY), ("SECRETD_MAX_CONNECTIONS", "4")],
+    );
+    // four idle keep-alive connections take every slot
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let s = tokio::net::TcpStream::connect(p.addr)
+            .await
+            .expect("connect");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/healthz")
+            .header("host", "x")
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .expect("req");
+        assert_eq!(sender.send_request(req).await.expect("send").status(), 200);
+        held.push(sender);
+    }
+    // a fifth is not served while they are open...
+    let fifth = tokio::spawn(send(p.addr, "GET", "/healthz", &[], None));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !fifth.is_finished(),
+        "a fifth connection was served past the cap"
+    );
+    // ...and is as soon as one closes
+    drop(held.pop());
+    let r = tokio::time::timeout(Duration::from_secs(5), fifth)
+        .await
+        .expect("served after a slot freed")
+        .expect("task");
+    assert_eq!(r.status, 200);
+}
