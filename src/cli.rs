@@ -41,6 +41,20 @@ pub enum Command {
     /// another (e.g. the embedded store into PostgreSQL). Values stay
     /// encrypted: the same master key opens the copy.
     Migrate(MigrateArgs),
+    /// Check any Generic Secret Store server against TrueFoundry's contract:
+    /// the validation call and the Quick Test flow on a scratch path it
+    /// cleans up. Exits non-zero if any point fails.
+    Check {
+        /// The server's base URL, as in the integration form (http:// or https://).
+        #[arg(long, env = "SECRETD_URL")]
+        url: String,
+        /// A Header Auth header, 'Name: value' (repeatable), e.g. 'X-API-Key: ...'.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Sent as X-API-Key (keeps the key out of the process list).
+        #[arg(long, env = "SECRETD_API_KEY", hide_env_values = true)]
+        api_key: Option<crate::config::SecretString>,
+    },
     /// Manage scoped tokens (works while the server runs).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -375,6 +389,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate(args) => migrate(args).await,
         Command::Token(cmd) => token(cmd).await,
+        Command::Check {
+            url,
+            mut headers,
+            api_key,
+        } => {
+            if let Some(k) = api_key {
+                headers.push(format!("X-API-Key: {}", k.expose()));
+            }
+            let failed = crate::check::run(&url, &headers).await?;
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Audit(cmd) => audit(cmd).await,
         Command::Path { name } => {
             // A path has slashes (or is the root); an FQN has colons.

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod bootstrap;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -5,6 +5,7 @@
 mod auth;
 mod bad_input;
 mod bench_smoke;
+mod check;
 mod common;
 mod contract;
 mod groups;
