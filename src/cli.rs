@@ -432,6 +432,14 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let metrics_listener = match &cfg.metrics_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the metrics listener {a}"))?,
+        ),
+        None => None,
+    };
     let opened = bootstrap::open(&cfg).await.context("opening the store")?;
     // From here on keys exist only as hashes (API keys) or inside the
     // keyring (master key material is gone).
@@ -459,7 +467,19 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
             cfg.auth_fail_window,
             100_000,
         )),
+        metrics: std::sync::Arc::default(),
+        public_metrics: metrics_listener.is_none(),
     };
+    if let Some(l) = metrics_listener {
+        // Logged after the main address (and not as `addr=`), which scripts read.
+        tracing::info!(metrics_listen = %l.local_addr()?, "serving /metrics");
+        let app = http::metrics_router(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown_signal().await;

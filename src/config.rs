@@ -89,6 +89,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SECRETD_AUDIT_STREAM")]
     pub audit_stream: Option<String>,
 
+    /// Serve `/metrics` on this address instead of the public listener.
+    #[arg(long, env = "SECRETD_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
     /// A client must send each request's header within this time (slowloris).
     #[arg(long, env = "SECRETD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
@@ -202,6 +206,7 @@ impl ServeConfig {
             auth_headers: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
+            metrics_listen: None,
             max_connections: 4096,
             audit_stream: None,
             max_body_bytes: 1024 * 1024,

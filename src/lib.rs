@@ -14,6 +14,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod path;
 pub mod service;
 pub mod store;

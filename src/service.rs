@@ -788,6 +788,18 @@ impl Service {
         }
     }
 
+    /// Store figures for `/metrics`.
+    pub async fn gauges(&self) -> crate::metrics::StoreGauges {
+        match self.store.counts().await {
+            Ok((secrets, live_versions)) => crate::metrics::StoreGauges {
+                secrets,
+                live_versions,
+                ready: true,
+            },
+            Err(_) => crate::metrics::StoreGauges::default(),
+        }
+    }
+
     /// Whether the store answers (for `/readyz`).
     pub async fn ready(&self) -> Result<(), Error> {
         Ok(self.store.ping().await?)

@@ -304,6 +304,17 @@ pub async fn revoke_token(
     ))
 }
 
+/// `GET /metrics`: Prometheus text format. No key needed (no secrets in it).
+pub async fn metrics(State(s): State<AppState>) -> Response {
+    let text = s.metrics.render(s.service.gauges().await);
+    let mut r = (StatusCode::OK, text).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
 /// `GET /healthz`: the process answers. No key needed.
 pub async fn healthz() -> Response {
     json_response(StatusCode::OK, &json!({ "status": "ok" }))

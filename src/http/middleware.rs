@@ -60,7 +60,7 @@ fn next_request_id() -> String {
 /// Outermost layer: assigns a request id, marks every response
 /// `Cache-Control: no-store`, and logs one line per request with the matched
 /// route (never the raw URI: the query holds paths) and the key id.
-pub async fn request_log(mut req: Request, next: Next) -> Response {
+pub async fn request_log(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = next_request_id();
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -71,6 +71,12 @@ pub async fn request_log(mut req: Request, next: Next) -> Response {
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "<unmatched>".to_owned());
     let mut res = next.run(req).await;
+    s.metrics.observe(
+        &route,
+        method.as_str(),
+        res.status().as_u16(),
+        started.elapsed(),
+    );
     let key_id = res.extensions().get::<KeyId>().map(|k| k.0.clone());
     let h = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -29,6 +29,10 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Failed authentications per client address.
     pub limiter: Arc<ratelimit::FailLimiter>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Serve `/metrics` on this router (false when `--metrics-listen` moves
+    /// it to its own address).
+    pub public_metrics: bool,
 }
 
 /// The one route table.
@@ -72,9 +76,29 @@ pub fn router(state: AppState) -> Router {
             "/readyz",
             get(handlers::readyz).fallback(not_allowed("GET")),
         )
+        .merge(if state.public_metrics {
+            metrics_routes()
+        } else {
+            Router::new()
+        })
         .fallback(handlers::route_not_found)
-        .layer(axum::middleware::from_fn(middleware::request_log))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::request_log,
+        ))
         .with_state(state)
+}
+
+fn metrics_routes() -> Router<AppState> {
+    Router::new().route(
+        "/metrics",
+        get(handlers::metrics).fallback(|| async { handlers::method_not_allowed("GET") }),
+    )
+}
+
+/// The router of the separate metrics listener (`--metrics-listen`).
+pub fn metrics_router(state: AppState) -> Router {
+    metrics_routes().with_state(state)
 }
 
 /// Limits of the transport, against slow and greedy clients.

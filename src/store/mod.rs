@@ -367,6 +367,9 @@ pub trait Store: Send + Sync + 'static {
     /// deletes everything first.
     fn import(&self, dump: Dump, replace: bool) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Secrets with a live version, and live versions (for `/metrics`).
+    fn counts(&self) -> BoxFuture<'_, Result<(i64, i64), StoreError>>;
+
     /// Cheap round trip proving the store answers (for `/readyz`).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }

@@ -969,6 +969,16 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn counts(&self) -> BoxFuture<'_, Result<(i64, i64), StoreError>> {
+        Box::pin(self.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(DISTINCT secret_id), COUNT(*) FROM versions WHERE envelope IS NOT NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        }))
+    }
+
     fn export(&self) -> BoxFuture<'_, Result<Dump, StoreError>> {
         Box::pin(self.read(export_rows))
     }

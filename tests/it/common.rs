@@ -326,6 +326,8 @@ impl TestServer {
                 cfg.auth_fail_window,
                 10_000,
             )),
+            metrics: std::sync::Arc::default(),
+            public_metrics: true,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(secretd::http::serve(listener, state, async move {

@@ -682,3 +682,98 @@ async fn connections_beyond_the_cap_wait_their_turn() {
         .expect("task");
     assert_eq!(r.status, 200);
 }
+
+/// Parses `name{labels} value` lines of a Prometheus exposition.
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_without_paths_or_values() {
+    let s = TestServer::start_on(Backend::Sqlite).await;
+    let c = &s.client;
+    let value = "metrics-canary-value-9d0c";
+    c.put_ok("tfy-secret/metrics-canary-path/x", value).await;
+    c.put_ok("tfy-secret/metrics-canary-path/y", value).await;
+    for _ in 0..3 {
+        assert_eq!(
+            c.get("tfy-secret/metrics-canary-path/x", None).await.status,
+            200
+        );
+    }
+    assert_eq!(
+        as_client(c, "wrong").get("tfy-secret/x", None).await.status,
+        401
+    );
+    let r = send(s.addr(), "GET", "/metrics", &[], None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").starts_with("text/plain"));
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(
+        metric(
+            &text,
+            "secretd_http_requests_total{route=\"/secrets\",method=\"GET\",status=\"200\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "secretd_http_requests_total{route=\"/secrets\",method=\"PUT\",status=\"200\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(metric(&text, "secretd_auth_failures_total"), Some(1.0));
+    assert_eq!(metric(&text, "secretd_secrets "), Some(2.0));
+    assert_eq!(metric(&text, "secretd_secret_versions "), Some(2.0));
+    assert_eq!(metric(&text, "secretd_store_up "), Some(1.0));
+    assert!(
+        metric(
+            &text,
+            "secretd_http_request_duration_seconds_count{route=\"/secrets\"}"
+        )
+        .is_some_and(|n| n >= 6.0)
+    );
+    assert!(text.contains("secretd_build_info{version="));
+    assert!(!text.contains("canary"), "a path or value reached /metrics");
+}
+
+fn as_client(c: &Client, key: &str) -> Client {
+    Client {
+        addr: c.addr,
+        key: key.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_can_move_off_the_public_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Proc::start(
+        &data,
+        &[
+            ("SECRETD_API_KEYS", KEY),
+            ("SECRETD_METRICS_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let logs = p.wait_stderr("metrics_listen=");
+    let maddr: std::net::SocketAddr = logs
+        .split("metrics_listen=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address: {logs}"));
+    assert_ne!(maddr, p.addr);
+    assert_eq!(
+        send(p.addr, "GET", "/metrics", &[], None).await.status,
+        404,
+        "still on the public listener"
+    );
+    let r = send(maddr, "GET", "/metrics", &[], None).await;
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("secretd_store_up 1"));
+}

@@ -1,0 +1,228 @@
+//! Prometheus metrics, rendered in the text exposition format. Labels are
+//! low-cardinality by construction: the matched route template, the method
+//! and the status; never a path, a value or a key.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Upper bounds of the latency buckets, in seconds.
+const BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    buckets: [u64; BOUNDS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (b, bound) in self.buckets.iter_mut().zip(BOUNDS) {
+            if secs <= bound {
+                *b += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+}
+
+/// Process-wide request metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    auth_failures: AtomicU64,
+    rate_limited: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: Instant::now(),
+            requests: Mutex::default(),
+            latency: Mutex::default(),
+            auth_failures: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Store figures sampled at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreGauges {
+    pub secrets: i64,
+    pub live_versions: i64,
+    pub ready: bool,
+}
+
+impl Metrics {
+    /// Records one finished request.
+    pub fn observe(&self, route: &str, method: &str, status: u16, took: Duration) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((route.to_owned(), method.to_owned(), status))
+                .or_default() += 1;
+        }
+        if let Ok(mut m) = self.latency.lock() {
+            m.entry(route.to_owned())
+                .or_default()
+                .observe(took.as_secs_f64());
+        }
+        match status {
+            401 => {
+                self.auth_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            429 => {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self, store: StoreGauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP secretd_build_info Build information.\n# TYPE secretd_build_info gauge"
+        );
+        let _ = writeln!(
+            out,
+            "secretd_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(
+            out,
+            "# HELP secretd_uptime_seconds Seconds since the process started.\n# TYPE secretd_uptime_seconds gauge"
+        );
+        let _ = writeln!(
+            out,
+            "secretd_uptime_seconds {:.3}",
+            self.started.elapsed().as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP secretd_http_requests_total Requests by route template, method and status.\n# TYPE secretd_http_requests_total counter"
+        );
+        if let Ok(m) = self.requests.lock() {
+            for ((route, method, status), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "secretd_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
+                    escape(route),
+                    escape(method)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP secretd_http_request_duration_seconds Request latency by route template.\n# TYPE secretd_http_request_duration_seconds histogram"
+        );
+        if let Ok(m) = self.latency.lock() {
+            for (route, h) in m.iter() {
+                let r = escape(route);
+                for (b, bound) in h.buckets.iter().zip(BOUNDS) {
+                    let _ = writeln!(
+                        out,
+                        "secretd_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"{bound}\"}} {b}"
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "secretd_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}",
+                    h.count
+                );
+                let _ = writeln!(
+                    out,
+                    "secretd_http_request_duration_seconds_sum{{route=\"{r}\"}} {}",
+                    h.sum
+                );
+                let _ = writeln!(
+                    out,
+                    "secretd_http_request_duration_seconds_count{{route=\"{r}\"}} {}",
+                    h.count
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP secretd_auth_failures_total Requests refused for a missing or invalid credential.\n# TYPE secretd_auth_failures_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "secretd_auth_failures_total {}",
+            self.auth_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP secretd_auth_rate_limited_total Requests refused by the failed-auth limiter.\n# TYPE secretd_auth_rate_limited_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "secretd_auth_rate_limited_total {}",
+            self.rate_limited.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP secretd_secrets Secrets with a live version.\n# TYPE secretd_secrets gauge"
+        );
+        let _ = writeln!(out, "secretd_secrets {}", store.secrets);
+        let _ = writeln!(
+            out,
+            "# HELP secretd_secret_versions Live secret versions.\n# TYPE secretd_secret_versions gauge"
+        );
+        let _ = writeln!(out, "secretd_secret_versions {}", store.live_versions);
+        let _ = writeln!(
+            out,
+            "# HELP secretd_store_up Whether the store answered the scrape's queries.\n# TYPE secretd_store_up gauge"
+        );
+        let _ = writeln!(out, "secretd_store_up {}", u8::from(store.ready));
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.observe("/secrets", "GET", 200, Duration::from_micros(700));
+        m.observe("/secrets", "GET", 200, Duration::from_millis(30));
+        m.observe("/secrets", "PUT", 401, Duration::from_micros(100));
+        let text = m.render(StoreGauges {
+            secrets: 3,
+            live_versions: 5,
+            ready: true,
+        });
+        assert!(text.contains(
+            "secretd_http_requests_total{route=\"/secrets\",method=\"GET\",status=\"200\"} 2"
+        ));
+        assert!(text.contains(
+            "secretd_http_request_duration_seconds_bucket{route=\"/secrets\",le=\"0.001\"} 2"
+        ));
+        assert!(text.contains(
+            "secretd_http_request_duration_seconds_bucket{route=\"/secrets\",le=\"0.025\"} 2"
+        ));
+        assert!(text.contains(
+            "secretd_http_request_duration_seconds_bucket{route=\"/secrets\",le=\"0.05\"} 3"
+        ));
+        assert!(text.contains("secretd_http_request_duration_seconds_count{route=\"/secrets\"} 3"));
+        assert!(text.contains("secretd_auth_failures_total 1"));
+        assert!(text.contains("secretd_secrets 3"));
+        assert!(text.contains("secretd_store_up 1"));
+    }
+}
