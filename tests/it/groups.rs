@@ -1166,22 +1166,7 @@ async fn scoped_listing_visits_only_its_groups(b: Backend) {
         .await,
     );
     for limit in [1, 3, 100] {
-        let mut seen = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut uri = format!("/secrets?path=tfy-secret&list=true&limit={limit}");
-            if let Some(c) = &cursor {
-                uri.push_str(&format!("&cursor={}", enc(c)));
-            }
-            let j = viewer.get_uri(&uri).await.json();
-            for i in j["secrets"].as_array().expect("secrets") {
-                seen.push(i["path"].as_str().expect("path").to_owned());
-            }
-            match j["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
-                None => break,
-            }
-        }
+        let seen = list_all(&viewer, "tfy-secret", limit).await;
         assert_eq!(seen, expected, "limit {limit}");
     }
     // a prefix inside one scope, and one that only partly overlaps
@@ -1369,22 +1354,7 @@ async fn scopes_naming_single_secrets_are_listed(b: Backend) {
         "tfy-secret/ab/z",
     ];
     for limit in [1, 2, 100] {
-        let mut seen = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut uri = format!("/secrets?path=tfy-secret&list=true&limit={limit}");
-            if let Some(c) = &cursor {
-                uri.push_str(&format!("&cursor={}", enc(c)));
-            }
-            let j = multi.get_uri(&uri).await.json();
-            for i in j["secrets"].as_array().expect("secrets") {
-                seen.push(i["path"].as_str().expect("path").to_owned());
-            }
-            match j["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
-                None => break,
-            }
-        }
+        let seen = list_all(&multi, "tfy-secret", limit).await;
         assert_eq!(seen, want, "limit {limit}");
     }
     // the listed prefix itself is not below itself
@@ -1433,4 +1403,24 @@ async fn many_concurrent_valid_tokens_are_never_rate_limited(b: Backend) {
             .status,
         429
     );
+}
+
+/// Every path a listing of `prefix` returns, following cursors page by page.
+async fn list_all(c: &Client, prefix: &str, limit: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut uri = format!("/secrets?path={prefix}&list=true&limit={limit}");
+        if let Some(cur) = &cursor {
+            uri.push_str(&format!("&cursor={}", enc(cur)));
+        }
+        let j = c.get_uri(&uri).await.json();
+        for i in j["secrets"].as_array().expect("secrets") {
+            seen.push(i["path"].as_str().expect("path").to_owned());
+        }
+        match j["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return seen,
+        }
+    }
 }
