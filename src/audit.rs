@@ -204,16 +204,13 @@ mod tests {
         }
     }
 
-    fn key() -> AuditKey {
-        crate::crypto::MasterKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
-            .unwrap()
-            .audit_key()
-            .unwrap()
+    fn key() -> &'static AuditKey {
+        static K: std::sync::OnceLock<AuditKey> = std::sync::OnceLock::new();
+        K.get_or_init(|| crate::crypto::AuditKey::random().unwrap())
     }
 
     fn verify(rs: &[ChainedRecord]) -> Result<i64, Broken> {
-        let k = key();
-        let mut v = Verifier::new(&k);
+        let mut v = Verifier::new(key());
         for r in rs {
             v.feed(r)?;
         }
@@ -223,10 +220,10 @@ mod tests {
     #[test]
     fn chain_detects_edits_inserts_and_deletes() {
         let k = key();
-        let rs = chain(&k, (0, GENESIS.to_vec()), (1..=5).map(rec).collect());
+        let rs = chain(k, (0, GENESIS.to_vec()), (1..=5).map(rec).collect());
         assert_eq!(verify(&rs), Ok(5));
         // continuing a chain from its head
-        let more = chain(&k, (5, rs[4].hash.clone()), vec![rec(6)]);
+        let more = chain(k, (5, rs[4].hash.clone()), vec![rec(6)]);
         let mut all = rs.clone();
         all.extend(more);
         assert_eq!(verify(&all), Ok(6));
@@ -248,14 +245,11 @@ mod tests {
         // re-hashing an edited record still breaks the next link
         let mut rehashed = rs.clone();
         rehashed[1].record.operation = "secret.write".into();
-        rehashed[1].hash = chain_hash(&k, &rehashed[1].prev_hash, 2, &rehashed[1].record).to_vec();
+        rehashed[1].hash = chain_hash(k, &rehashed[1].prev_hash, 2, &rehashed[1].record).to_vec();
         assert_eq!(verify(&rehashed).unwrap_err().seq, 3);
 
         // without the key, a rewritten chain does not verify
-        let forger = crate::crypto::MasterKey::generate()
-            .unwrap()
-            .audit_key()
-            .unwrap();
+        let forger = crate::crypto::AuditKey::random().unwrap();
         let mut shortened: Vec<AuditRecord> = rs.iter().map(|r| r.record.clone()).collect();
         shortened.remove(2);
         let forged = chain(&forger, (0, GENESIS.to_vec()), shortened);

@@ -134,14 +134,13 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
         stored_keys.is_empty(),
         cfg.store.database_url.is_none(),
     )?;
-    store.set_audit_key(master.audit_key()?);
     if stored_keys.is_empty() {
         let k = Keyring::new_wrapped_key(&master, 1)?;
         store.add_data_key(k).await?;
         stored_keys = store.data_keys().await?;
     }
     let keyring = Keyring::unwrap_all(&master, &stored_keys)?;
-    drop(master);
+    store.set_audit_key(load_audit_key(store.as_ref(), &master).await?);
 
     let mut headers = Vec::with_capacity(cfg.auth_headers.len());
     for h in cfg
@@ -256,8 +255,30 @@ pub async fn attach_master_key(
     if !stored.is_empty() {
         Keyring::unwrap_all(&master, &stored)?;
     }
-    store.set_audit_key(master.audit_key()?);
-    Ok(master.audit_key()?)
+    let key = load_audit_key(store, &master).await?;
+    let again = load_audit_key(store, &master).await?;
+    store.set_audit_key(key);
+    Ok(again)
+}
+
+/// Setting holding the audit key, wrapped by the master key.
+pub const AUDIT_KEY_SETTING: &str = "audit_key_wrapped";
+
+/// The store's audit key (created on first use), opened with `master`.
+pub async fn load_audit_key(store: &dyn Store, master: &MasterKey) -> Result<AuditKey, BootError> {
+    let wrapped = match store.setting(AUDIT_KEY_SETTING).await? {
+        Some(w) => w,
+        None => {
+            let fresh = master.new_wrapped_audit_key()?;
+            // Another replica may have won the race: use what is stored.
+            store.insert_setting(AUDIT_KEY_SETTING, fresh).await?;
+            store
+                .setting(AUDIT_KEY_SETTING)
+                .await?
+                .ok_or_else(|| BootError::MasterKey("the audit key could not be stored".into()))?
+        }
+    };
+    Ok(master.audit_key(&wrapped)?)
 }
 
 /// The master key from SECRETD_MASTER_KEY, --master-key-file, or the data

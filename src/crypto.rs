@@ -102,10 +102,13 @@ impl fmt::Debug for MasterKey {
     }
 }
 
-/// The key of the audit log's hash chain, derived from the master key
-/// (`HMAC-SHA256(master, "secretd/audit-chain/v1")`), so whoever can write
-/// the database but does not hold the master key cannot forge the chain.
+/// The key of the audit log's HMAC chain: 32 random bytes stored in the
+/// database wrapped by the master key (so a rekey keeps old records
+/// verifiable), so whoever can write the database but does not hold the
+/// master key cannot forge the chain.
 pub struct AuditKey(Zeroizing<[u8; KEY_LEN]>);
+
+const AUDIT_KEY_AAD: &[u8] = b"secretd/audit-key/v1";
 
 impl fmt::Debug for AuditKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -124,6 +127,14 @@ fn hmac(key: &[u8], data: &[u8]) -> Result<[u8; 32], CryptoError> {
 }
 
 impl AuditKey {
+    /// A fresh random key (stores keep theirs wrapped; see
+    /// [`MasterKey::new_wrapped_audit_key`]).
+    pub fn random() -> Result<Self, CryptoError> {
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        random_bytes(k.as_mut())?;
+        Ok(AuditKey(k))
+    }
+
     /// HMAC-SHA256 of `data` under this key.
     pub fn mac(&self, data: &[u8]) -> [u8; 32] {
         // A 32-byte key is always accepted by HMAC.
@@ -132,12 +143,75 @@ impl AuditKey {
 }
 
 impl MasterKey {
-    /// The audit chain's key, derived from this master key.
-    pub fn audit_key(&self) -> Result<AuditKey, CryptoError> {
-        Ok(AuditKey(Zeroizing::new(hmac(
-            self.0.as_ref(),
-            b"secretd/audit-chain/v1",
-        )?)))
+    /// Wraps a 32-byte secret under this key, binding `label`.
+    fn wrap(&self, label: &[u8], secret: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let (ct, nonce) = seal_raw(&self.cipher()?, label, secret)?;
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Opens a secret wrapped by [`MasterKey::wrap`] with the same label.
+    fn unwrap(&self, label: &[u8], wrapped: &[u8]) -> Option<Zeroizing<[u8; KEY_LEN]>> {
+        if wrapped.len() != NONCE_LEN + KEY_LEN + TAG_LEN {
+            return None;
+        }
+        let (nonce_b, ct) = wrapped.split_at(NONCE_LEN);
+        let plain = Zeroizing::new(
+            self.cipher()
+                .ok()?
+                .decrypt(
+                    &nonce(nonce_b).ok()?,
+                    Payload {
+                        msg: ct,
+                        aad: label,
+                    },
+                )
+                .ok()?,
+        );
+        let mut out = Zeroizing::new([0u8; KEY_LEN]);
+        out.copy_from_slice(plain.get(..KEY_LEN)?);
+        Some(out)
+    }
+
+    /// A new random audit key, wrapped under this master key.
+    pub fn new_wrapped_audit_key(&self) -> Result<Vec<u8>, CryptoError> {
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        random_bytes(k.as_mut())?;
+        self.wrap(AUDIT_KEY_AAD, k.as_ref())
+    }
+
+    /// Opens the stored audit key; [`CryptoError::WrongMasterKey`] if this
+    /// master key did not wrap it.
+    pub fn audit_key(&self, wrapped: &[u8]) -> Result<AuditKey, CryptoError> {
+        self.unwrap(AUDIT_KEY_AAD, wrapped)
+            .map(AuditKey)
+            .ok_or(CryptoError::WrongMasterKey(0))
+    }
+
+    /// Re-wraps the data keys and the audit key under `new` (for a rekey).
+    pub fn rewrap_all(
+        &self,
+        new: &MasterKey,
+        keys: &[WrappedKey],
+        audit_wrapped: &[u8],
+    ) -> Result<(Vec<WrappedKey>, Vec<u8>), CryptoError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let label = wrap_aad(k.generation);
+            let dk = self
+                .unwrap(&label, &k.wrapped)
+                .ok_or(CryptoError::WrongMasterKey(k.generation))?;
+            out.push(WrappedKey {
+                generation: k.generation,
+                wrapped: new.wrap(&label, dk.as_ref())?,
+            });
+        }
+        let ak = self
+            .unwrap(AUDIT_KEY_AAD, audit_wrapped)
+            .ok_or(CryptoError::WrongMasterKey(0))?;
+        Ok((out, new.wrap(AUDIT_KEY_AAD, ak.as_ref())?))
     }
 }
 

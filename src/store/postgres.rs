@@ -377,17 +377,13 @@ impl PgStore {
     /// Runs one write in its own transaction, retrying serialization
     /// failures and deadlocks.
     async fn write(&self, op: WriteOp<'_>) -> Result<WriteOut, StoreError> {
-        let key = self
-            .audit_key
-            .get()
-            .cloned()
-            .ok_or_else(|| StoreError::Backend("audit key not set".into()))?;
+        let key = self.audit_key.get().cloned();
         self.deadline(async {
             let mut tries = 0;
             loop {
                 let mut client = self.pool.get().await.map_err(map_pool)?;
                 let tx = client.transaction().await.map_err(map_pg)?;
-                let outcome = match apply(&tx, &op, &key).await {
+                let outcome = match apply(&tx, &op, key.as_deref()).await {
                     Ok(v) => tx.commit().await.map(|()| v).map_err(TxError::from),
                     Err(e) => Err(e),
                 };
@@ -533,9 +529,10 @@ async fn insert_audit(
 /// serialises appends across replicas, and inserts them.
 async fn append_audit_tx(
     tx: &deadpool_postgres::Transaction<'_>,
-    key: &AuditKey,
+    key: Option<&AuditKey>,
     records: &[AuditRecord],
 ) -> Result<(), TxError> {
+    let key = key.ok_or_else(|| TxError::Fail(StoreError::Backend("audit key not set".into())))?;
     if records.is_empty() {
         return Ok(());
     }
@@ -579,7 +576,7 @@ async fn insert_token(
 async fn apply(
     tx: &deadpool_postgres::Transaction<'_>,
     op: &WriteOp<'_>,
-    key: &AuditKey,
+    key: Option<&AuditKey>,
 ) -> Result<WriteOut, TxError> {
     match *op {
         WriteOp::Put {

@@ -1024,12 +1024,7 @@ mod tests {
     async fn concurrent_writes_share_one_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
-        store.set_audit_key(
-            crate::crypto::MasterKey::generate()
-                .unwrap()
-                .audit_key()
-                .unwrap(),
-        );
+        store.set_audit_key(crate::crypto::AuditKey::random().unwrap());
         // Hold the writer inside the first write so the others queue up.
         let slow: Sealer = Box::new(|v: Version| {
             std::thread::sleep(std::time::Duration::from_millis(300));
@@ -1072,12 +1067,7 @@ mod tests {
     async fn a_failed_write_does_not_undo_its_batch_or_burn_a_version() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        store.set_audit_key(
-            crate::crypto::MasterKey::generate()
-                .unwrap()
-                .audit_key()
-                .unwrap(),
-        );
+        store.set_audit_key(crate::crypto::AuditKey::random().unwrap());
         let p = path("tfy-secret/f/x");
         let failing: Sealer = Box::new(|_| Err(CryptoError::Rng));
         let (a, b, c) = tokio::join!(
