@@ -141,6 +141,7 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
     }
     let keyring = Keyring::unwrap_all(&master, &stored_keys)?;
     store.set_audit_key(load_audit_key(store.as_ref(), &master).await?);
+    let master_for_service = master;
 
     let mut headers = Vec::with_capacity(cfg.auth_headers.len());
     for h in cfg
@@ -208,7 +209,13 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
         max_value_bytes: cfg.max_value_bytes,
     };
     Ok(Opened {
-        service: Arc::new(Service::new(store, keyring, limits, stream)),
+        service: Arc::new(Service::new(
+            store,
+            master_for_service,
+            keyring,
+            limits,
+            stream,
+        )),
         api_keys: Arc::new(ApiKeys::new(keys, headers)),
         generated_key,
         generated_master_key,
@@ -226,39 +233,59 @@ pub async fn attach_master_key(
     file: Option<&Path>,
     data_dir: Option<&Path>,
 ) -> Result<AuditKey, BootError> {
-    let master = if let Some(k) = env_key {
-        MasterKey::from_base64(k.expose()).map_err(|_| {
+    let master = existing_master_key(store, env_key, file, data_dir).await?;
+    let key = load_audit_key(store, &master).await?;
+    let again = load_audit_key(store, &master).await?;
+    store.set_audit_key(key);
+    Ok(again)
+}
+
+/// The existing master key from `SECRETD_MASTER_KEY`, `file`, or
+/// `<data_dir>/master.key` (never generated), checked against the store's
+/// data keys.
+pub async fn existing_master_key(
+    store: &dyn Store,
+    env_key: Option<&SecretString>,
+    file: Option<&Path>,
+    data_dir: Option<&Path>,
+) -> Result<MasterKey, BootError> {
+    let master = match (env_key, file) {
+        (Some(k), _) => MasterKey::from_base64(k.expose()).map_err(|_| {
             BootError::MasterKey("SECRETD_MASTER_KEY does not hold a 32-byte base64 key".into())
-        })?
-    } else {
-        let path = match (file, data_dir) {
-            (Some(f), _) => f.to_path_buf(),
-            (None, Some(d)) => d.join(MASTER_KEY_FILE),
-            (None, None) => {
-                return Err(BootError::MasterKey(
-                    "the master key is needed: set SECRETD_MASTER_KEY or --master-key-file".into(),
-                ));
-            }
-        };
-        let text = Zeroizing::new(
-            std::fs::read_to_string(&path)
-                .map_err(|e| BootError::MasterKey(format!("reading {}: {e}", path.display())))?,
-        );
-        MasterKey::from_base64(&text).map_err(|_| {
-            BootError::MasterKey(format!(
-                "{} does not hold a 32-byte base64 key",
-                path.display()
-            ))
-        })?
+        })?,
+        (None, file) => {
+            let path = match (file, data_dir) {
+                (Some(f), _) => f.to_path_buf(),
+                (None, Some(d)) => d.join(MASTER_KEY_FILE),
+                (None, None) => {
+                    return Err(BootError::MasterKey(
+                        "the master key is needed: set SECRETD_MASTER_KEY or --master-key-file"
+                            .into(),
+                    ));
+                }
+            };
+            read_key_file(&path)?
+        }
     };
     let stored = store.data_keys().await?;
     if !stored.is_empty() {
         Keyring::unwrap_all(&master, &stored)?;
     }
-    let key = load_audit_key(store, &master).await?;
-    let again = load_audit_key(store, &master).await?;
-    store.set_audit_key(key);
-    Ok(again)
+    Ok(master)
+}
+
+/// Reads a base64 master key file.
+pub fn read_key_file(path: &Path) -> Result<MasterKey, BootError> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| BootError::MasterKey(format!("reading {}: {e}", path.display())))?,
+    );
+    MasterKey::from_base64(&text).map_err(|_| {
+        BootError::MasterKey(format!(
+            "{} does not hold a 32-byte base64 key",
+            path.display()
+        ))
+    })
 }
 
 /// Setting holding the audit key, wrapped by the master key.

@@ -58,6 +58,9 @@ pub enum Command {
     /// Manage scoped tokens (works while the server runs).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Data keys: rotate, rekey under a new master key, status.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Inspect the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -98,6 +101,36 @@ pub enum TokenCommand {
     Revoke {
         /// The token's name or id.
         token: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Add a data key generation: new writes use it at once on every
+    /// replica; older versions stay readable under their generation.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Re-wrap every data key (and the audit key) under a new master key, in
+    /// one transaction; afterwards the old master key no longer opens the store.
+    Rekey {
+        /// File holding the new master key (base64, 32 bytes).
+        #[arg(long)]
+        new_master_key_file: std::path::PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Generations, when each was created and how many live versions it seals.
+    Status {
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
@@ -255,6 +288,98 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The store and its verified master key, for `key` commands.
+async fn open_with_master(
+    args: &StoreArgs,
+    keys: &KeyArgs,
+) -> anyhow::Result<(
+    std::sync::Arc<dyn crate::store::Store>,
+    crate::crypto::MasterKey,
+)> {
+    let loc = args.location();
+    if let Location::DataDir(d) = &loc {
+        anyhow::ensure!(
+            d.join(bootstrap::DB_FILE).exists(),
+            "{} holds no secretd store",
+            d.display()
+        );
+    }
+    let store = bootstrap::open_store(&loc, &args.db.settings())
+        .await
+        .with_context(|| format!("opening {loc}"))?;
+    let env_key = std::env::var("SECRETD_MASTER_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .map(crate::config::SecretString::new);
+    let data_dir = match &loc {
+        Location::DataDir(d) => Some(d.as_path()),
+        Location::Database(_) => None,
+    };
+    let master = bootstrap::existing_master_key(
+        store.as_ref(),
+        env_key.as_ref(),
+        keys.master_key_file.as_deref(),
+        data_dir,
+    )
+    .await
+    .context("loading the master key")?;
+    Ok((store, master))
+}
+
+async fn key(cmd: KeyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KeyCommand::Rotate { store, keys } => {
+            let (store, master) = open_with_master(&store, &keys).await?;
+            loop {
+                let next = store.latest_generation().await? + 1;
+                let wrapped = crate::crypto::Keyring::new_wrapped_key(&master, next)?;
+                if store.add_data_key(wrapped).await? {
+                    println!(
+                        "data key generation {next} is active; new writes use it from now on, older versions stay readable"
+                    );
+                    break;
+                }
+                // Another rotation took this generation: take the next one.
+            }
+        }
+        KeyCommand::Rekey {
+            new_master_key_file,
+            store,
+            keys,
+        } => {
+            let (store, master) = open_with_master(&store, &keys).await?;
+            let new = bootstrap::read_key_file(&new_master_key_file)?;
+            anyhow::ensure!(!new.ct_eq(&master), "the new master key is the current one");
+            let stored = store.data_keys().await?;
+            let audit = store
+                .setting(bootstrap::AUDIT_KEY_SETTING)
+                .await?
+                .context("the store has no audit key yet; start the server once first")?;
+            let (rewrapped, audit_rewrapped) = master.rewrap_all(&new, &stored, &audit)?;
+            store.rekey(rewrapped, audit_rewrapped).await?;
+            println!(
+                "re-wrapped {} data key(s) and the audit key under the new master key; restart every replica with it \
+                 (--master-key-file {} or SECRETD_MASTER_KEY): the old key no longer opens this store",
+                stored.len(),
+                new_master_key_file.display()
+            );
+        }
+        KeyCommand::Status { store, keys } => {
+            let (store, _) = open_with_master(&store, &keys).await?;
+            let latest = store.latest_generation().await?;
+            for u in store.key_usage().await? {
+                let (g, created, live) = (u.generation, u.created_at, u.live_versions);
+                println!(
+                    "generation {g}{}\tcreated {}\tseals {live} live version(s)",
+                    if g == latest { " (active)" } else { "" },
+                    show_time(Some(created))
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     const PAGE: usize = 1000;
     match cmd {
@@ -389,6 +514,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate(args) => migrate(args).await,
         Command::Token(cmd) => token(cmd).await,
+        Command::Key(cmd) => key(cmd).await,
         Command::Check {
             url,
             mut headers,

@@ -325,6 +325,20 @@ impl Keyring {
         self.active
     }
 
+    pub fn has_generation(&self, generation: u32) -> bool {
+        self.ciphers.contains_key(&generation)
+    }
+
+    /// The generation an envelope names in its header, if it has one.
+    pub fn envelope_generation(envelope: &[u8]) -> Option<u32> {
+        if envelope.len() < HEADER_LEN || envelope[0] != FORMAT_V1 {
+            return None;
+        }
+        let mut g = [0u8; 4];
+        g.copy_from_slice(&envelope[1..5]);
+        Some(u32::from_be_bytes(g))
+    }
+
     /// Encrypts `plaintext` as version `version` of `path`.
     pub fn seal(
         &self,

@@ -16,7 +16,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::audit::AuditRecord;
 use crate::auth::KeyHash;
 use crate::authz::{Action, Denied, Principal, Role, Scope};
-use crate::crypto::{Keyring, random_bytes};
+use crate::crypto::{Keyring, MasterKey, random_bytes};
 use crate::error::Error;
 use crate::path::{PathArg, SecretPath, Version};
 use crate::store::{ListItem, PutMode, Store, StoreError, TokenRow, VersionMeta, WriteCtx, now_ms};
@@ -231,10 +231,17 @@ impl AuditSink {
     }
 }
 
+/// The master key and the data keys it unwrapped; reloaded when another
+/// process (`secretd key rotate`, another replica) adds a generation.
+struct Keys {
+    master: MasterKey,
+    ring: std::sync::RwLock<Arc<Keyring>>,
+}
+
 pub struct Service {
     store: Arc<dyn Store>,
     /// `None` for CLI commands that never touch values (tokens, audit).
-    keyring: Option<Arc<Keyring>>,
+    keys: Option<Keys>,
     limits: Limits,
     audit: AuditSink,
     stream: Option<Arc<AuditStream>>,
@@ -245,7 +252,7 @@ pub struct Service {
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service")
-            .field("keyring", &self.keyring)
+            .field("keys_loaded", &self.keys.is_some())
             .field("limits", &self.limits)
             .finish()
     }
@@ -258,6 +265,7 @@ impl Service {
     /// Must be called inside a Tokio runtime (starts the audit batcher).
     pub fn new(
         store: Arc<dyn Store>,
+        master: MasterKey,
         keyring: Keyring,
         limits: Limits,
         stream: Option<Arc<AuditStream>>,
@@ -265,7 +273,10 @@ impl Service {
         let audit = AuditSink::start(Arc::clone(&store), stream.clone());
         Service {
             store,
-            keyring: Some(Arc::new(keyring)),
+            keys: Some(Keys {
+                master,
+                ring: std::sync::RwLock::new(Arc::new(keyring)),
+            }),
             limits,
             audit,
             stream,
@@ -279,7 +290,7 @@ impl Service {
         let audit = AuditSink::start(Arc::clone(&store), None);
         Service {
             store,
-            keyring: None,
+            keys: None,
             limits: Limits::default(),
             audit,
             stream: None,
@@ -287,10 +298,48 @@ impl Service {
         }
     }
 
-    fn keyring(&self) -> Result<&Arc<Keyring>, Error> {
-        self.keyring
+    fn keys(&self) -> Result<&Keys, Error> {
+        self.keys
             .as_ref()
             .ok_or_else(|| Error::Internal("no keyring loaded".into()))
+    }
+
+    /// The current keyring.
+    fn keyring(&self) -> Result<Arc<Keyring>, Error> {
+        let keys = self.keys()?;
+        keys.ring
+            .read()
+            .map(|r| Arc::clone(&r))
+            .map_err(|_| Error::Internal("keyring lock poisoned".into()))
+    }
+
+    /// Re-reads the data keys if the store holds a newer generation than the
+    /// one in memory (a rotation by another process).
+    async fn refresh_keys(&self, at_least: u32) -> Result<Arc<Keyring>, Error> {
+        let current = self.keyring()?;
+        if current.active_generation() >= at_least {
+            return Ok(current);
+        }
+        let keys = self.keys()?;
+        let stored = self.store.data_keys().await?;
+        let ring = Arc::new(
+            Keyring::unwrap_all(&keys.master, &stored)
+                .map_err(|e| Error::Internal(format!("reloading data keys: {e}")))?,
+        );
+        if let Ok(mut w) = keys.ring.write()
+            && w.active_generation() < ring.active_generation()
+        {
+            tracing::info!(generation = ring.active_generation(), "data keys reloaded");
+            *w = Arc::clone(&ring);
+        }
+        Ok(ring)
+    }
+
+    /// The keyring to seal with: the store's newest generation, so a
+    /// rotation takes effect at once on every replica.
+    async fn sealing_keyring(&self) -> Result<Arc<Keyring>, Error> {
+        let latest = self.store.latest_generation().await?;
+        self.refresh_keys(latest).await
     }
 
     /// The store, for commands that walk it (audit verify, tail).
@@ -336,7 +385,7 @@ impl Service {
                 message: format!("value is larger than {} bytes", self.limits.max_value_bytes),
             });
         }
-        let keyring = Arc::clone(self.keyring()?);
+        let keyring = self.sealing_keyring().await?;
         let seal_path = path.clone();
         let seal = Box::new(move |v: Version| keyring.seal(&seal_path, v, value.as_bytes()));
         let wctx = WriteCtx {
@@ -379,8 +428,14 @@ impl Service {
             version: Some(row.version),
             detail: detail.to_owned(),
         };
-        let mut plain = self
-            .keyring()?
+        let mut ring = self.keyring()?;
+        // An envelope sealed under a generation added since start-up: reload.
+        if let Some(g) = Keyring::envelope_generation(&row.envelope)
+            && !ring.has_generation(g)
+        {
+            ring = self.refresh_keys(g).await?;
+        }
+        let mut plain = ring
             .open(path, row.version, &row.envelope)
             .map_err(|e| corrupt(&e.to_string()))?;
         // Move the bytes out of the zeroizing buffer without copying them.

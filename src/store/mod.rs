@@ -104,6 +104,14 @@ pub struct WriteCtx {
     pub audit: AuditRecord,
 }
 
+/// One data key generation's use (for `secretd key status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyUsage {
+    pub generation: u32,
+    pub created_at: i64,
+    pub live_versions: i64,
+}
+
 /// One secret in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListItem {
@@ -347,6 +355,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// The wrapped data keys, every generation.
     fn data_keys(&self) -> BoxFuture<'_, Result<Vec<WrappedKey>, StoreError>>;
+
+    /// The newest data key generation (0 if none).
+    fn latest_generation(&self) -> BoxFuture<'_, Result<u32, StoreError>>;
+
+    /// Per generation: when its key was created and how many live versions
+    /// it seals (for `secretd key status`).
+    fn key_usage(&self) -> BoxFuture<'_, Result<Vec<KeyUsage>, StoreError>>;
+
+    /// Replaces every wrapped data key and the wrapped audit key at once (a
+    /// rekey). Fails if the set of generations changed meanwhile.
+    fn rekey(
+        &self,
+        keys: Vec<WrappedKey>,
+        audit_wrapped: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Stores a new wrapped data key; `Ok(false)` if that generation exists.
     fn add_data_key(&self, key: WrappedKey) -> BoxFuture<'_, Result<bool, StoreError>>;

@@ -984,6 +984,94 @@ impl Store for PgStore {
         }))
     }
 
+    fn latest_generation(&self) -> BoxFuture<'_, Result<u32, StoreError>> {
+        Box::pin(self.deadline(async move {
+            let client = self.pool.get().await.map_err(map_pool)?;
+            let stmt = client
+                .prepare_cached("SELECT COALESCE(MAX(generation), 0) FROM data_keys")
+                .await
+                .map_err(map_pg)?;
+            let g: i64 = client.query_one(&stmt, &[]).await.map_err(map_pg)?.get(0);
+            u32::try_from(g).map_err(|_| StoreError::Corrupt(format!("data key generation {g}")))
+        }))
+    }
+
+    fn key_usage(&self) -> BoxFuture<'_, Result<Vec<super::KeyUsage>, StoreError>> {
+        Box::pin(self.deadline(async move {
+            let client = self.pool.get().await.map_err(map_pool)?;
+            let mut counts = std::collections::HashMap::new();
+            for r in client
+                .query(
+                    "SELECT substring(envelope from 2 for 4), COUNT(*) FROM versions WHERE envelope IS NOT NULL GROUP BY 1",
+                    &[],
+                )
+                .await
+                .map_err(map_pg)?
+            {
+                let g: Vec<u8> = r.get(0);
+                if let Ok(b) = <[u8; 4]>::try_from(g.as_slice()) {
+                    counts.insert(u32::from_be_bytes(b), r.get::<_, i64>(1));
+                }
+            }
+            let mut out = Vec::new();
+            for r in client
+                .query("SELECT generation, created_at FROM data_keys ORDER BY generation", &[])
+                .await
+                .map_err(map_pg)?
+            {
+                let g: i64 = r.get(0);
+                let g = u32::try_from(g).map_err(|_| StoreError::Corrupt(format!("data key generation {g}")))?;
+                out.push(super::KeyUsage { generation: g, created_at: r.get(1), live_versions: counts.get(&g).copied().unwrap_or(0) });
+            }
+            Ok(out)
+        }))
+    }
+
+    fn rekey(
+        &self,
+        keys: Vec<WrappedKey>,
+        audit_wrapped: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(map_pool)?;
+            let tx = client.transaction().await.map_err(map_pg)?;
+            tx.batch_execute("LOCK TABLE data_keys, settings IN EXCLUSIVE MODE")
+                .await
+                .map_err(map_pg)?;
+            let n: i64 = tx
+                .query_one("SELECT COUNT(*) FROM data_keys", &[])
+                .await
+                .map_err(map_pg)?
+                .get(0);
+            if usize::try_from(n).ok() != Some(keys.len()) {
+                return Err(StoreError::Conflict(
+                    "data keys changed during the rekey; run it again".into(),
+                ));
+            }
+            for k in &keys {
+                let updated = tx
+                    .execute(
+                        "UPDATE data_keys SET wrapped = $1 WHERE generation = $2",
+                        &[&k.wrapped, &i64::from(k.generation)],
+                    )
+                    .await
+                    .map_err(map_pg)?;
+                if updated != 1 {
+                    return Err(StoreError::Conflict(
+                        "data keys changed during the rekey; run it again".into(),
+                    ));
+                }
+            }
+            tx.execute(
+                "UPDATE settings SET value = $1 WHERE name = 'audit_key_wrapped'",
+                &[&audit_wrapped],
+            )
+            .await
+            .map_err(map_pg)?;
+            tx.commit().await.map_err(map_pg)
+        })
+    }
+
     fn add_data_key(&self, key: WrappedKey) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move {
             match self.write(WriteOp::AddKey(&key)).await? {

@@ -932,6 +932,70 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn latest_generation(&self) -> BoxFuture<'_, Result<u32, StoreError>> {
+        let out = self.read_now(|c| {
+            let g: i64 = c
+                .prepare_cached("SELECT COALESCE(MAX(generation), 0) FROM data_keys")?
+                .query_row([], |r| r.get(0))?;
+            u32::try_from(g).map_err(|_| StoreError::Corrupt(format!("data key generation {g}")))
+        });
+        Box::pin(std::future::ready(out))
+    }
+
+    fn key_usage(&self) -> BoxFuture<'_, Result<Vec<super::KeyUsage>, StoreError>> {
+        Box::pin(self.read(|c| {
+            let mut counts = std::collections::HashMap::new();
+            let mut st = c.prepare(
+                "SELECT substr(envelope, 2, 4), COUNT(*) FROM versions WHERE envelope IS NOT NULL GROUP BY 1",
+            )?;
+            for row in st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))? {
+                let (g, n) = row?;
+                if let Ok(b) = <[u8; 4]>::try_from(g.as_slice()) {
+                    counts.insert(u32::from_be_bytes(b), n);
+                }
+            }
+            let mut st = c.prepare("SELECT generation, created_at FROM data_keys ORDER BY generation")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (g, at) = row?;
+                out.push(super::KeyUsage { generation: g, created_at: at, live_versions: counts.get(&g).copied().unwrap_or(0) });
+            }
+            Ok(out)
+        }))
+    }
+
+    fn rekey(
+        &self,
+        keys: Vec<WrappedKey>,
+        audit_wrapped: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.write(false, move |c| {
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM data_keys", [], |r| r.get(0))?;
+            if usize::try_from(n).ok() != Some(keys.len()) {
+                return Err(StoreError::Conflict(
+                    "data keys changed during the rekey; run it again".into(),
+                ));
+            }
+            for k in &keys {
+                let updated = c.execute(
+                    "UPDATE data_keys SET wrapped = ?1 WHERE generation = ?2",
+                    params![k.wrapped, k.generation],
+                )?;
+                if updated != 1 {
+                    return Err(StoreError::Conflict(
+                        "data keys changed during the rekey; run it again".into(),
+                    ));
+                }
+            }
+            c.execute(
+                "UPDATE settings SET value = ?1 WHERE name = 'audit_key_wrapped'",
+                params![audit_wrapped],
+            )?;
+            Ok(())
+        }))
+    }
+
     fn add_data_key(&self, key: WrappedKey) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(self.write(false, move |c| {
             let n = c.execute(

@@ -471,3 +471,74 @@ async fn migrate_embedded_to_postgres_and_back() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds no secretd store"));
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_rotation_and_rekey_on_postgres() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let s = TestServer::start_on(Backend::Postgres(db.url.clone())).await;
+    let c = &s.client;
+    c.put_ok("tfy-secret/pgkeys/x", "one").await;
+    let (ok, out, err) = s.cli(&["key", "rotate"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("generation 2"), "{out}");
+    assert_eq!(c.put_ok("tfy-secret/pgkeys/x", "two").await, 2);
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let gens: Vec<Vec<u8>> = client
+        .query(
+            "SELECT substring(envelope from 2 for 4) FROM versions ORDER BY version",
+            &[],
+        )
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(gens, vec![vec![0, 0, 0, 1], vec![0, 0, 0, 2]]);
+    let (ok, out, _) = s.cli(&["key", "status"]);
+    assert!(
+        ok && out.contains("generation 2 (active)") && out.contains("seals 1 live"),
+        "{out}"
+    );
+    assert_eq!(
+        c.get("tfy-secret/pgkeys/x", Some("1")).await.json()["value"],
+        "one"
+    );
+    // rekey, then only the new master key opens the store
+    let dir = tempfile::tempdir().expect("tempdir");
+    let new_key = dir.path().join("new.key");
+    std::fs::write(&new_key, "HxwdHh8AAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRo=\n").expect("write");
+    let (ok, out, err) = s.cli(&[
+        "key",
+        "rekey",
+        "--new-master-key-file",
+        &new_key.display().to_string(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = s.cli(&["key", "status"]);
+    assert!(!ok && err.contains("master key does not open"), "{err}");
+    let out = std::process::Command::new(bin())
+        .args([
+            "audit",
+            "verify",
+            "--database-url",
+            &db.url,
+            "--master-key-file",
+        ])
+        .arg(&new_key)
+        .env_remove("SECRETD_MASTER_KEY")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(s);
+    drop(client);
+    db.drop_db().await;
+}

@@ -777,3 +777,109 @@ async fn metrics_can_move_off_the_public_listener() {
     assert_eq!(r.status, 200);
     assert!(String::from_utf8_lossy(&r.body).contains("secretd_store_up 1"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_and_rekey_keep_every_version_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let env = [("SECRETD_API_KEYS", KEY), ("SECRETD_MASTER_KEY", MASTER_A)];
+    let cli = |args: &[&str], key: &str| {
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("SECRETD_MASTER_KEY", key)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let generation_of = |path: &str, v: i64| -> u32 {
+        let db = rusqlite::Connection::open(data.join("secretd.db")).expect("open");
+        let e: Vec<u8> = db
+            .query_row(
+                "SELECT v.envelope FROM versions v JOIN secrets s ON s.id = v.secret_id WHERE s.path = ?1 AND v.version = ?2",
+                rusqlite::params![path, v],
+                |r| r.get(0),
+            )
+            .expect("row");
+        u32::from_be_bytes([e[1], e[2], e[3], e[4]])
+    };
+    let p = Proc::start(&data, &env);
+    let c = p.client(KEY);
+    for i in 1..=3 {
+        c.put_ok("tfy-secret/keys/x", &format!("before-{i}")).await;
+    }
+    assert_eq!(generation_of("tfy-secret/keys/x", 3), 1);
+    // rotate while the server runs: its next write uses the new generation
+    let (ok, out, err) = cli(&["key", "rotate"], MASTER_A);
+    assert!(ok, "{err}");
+    assert!(out.contains("generation 2"), "{out}");
+    assert_eq!(c.put_ok("tfy-secret/keys/x", "after").await, 4);
+    assert_eq!(
+        generation_of("tfy-secret/keys/x", 4),
+        2,
+        "the running server kept sealing with generation 1"
+    );
+    for (v, want) in [
+        (1, "before-1"),
+        (2, "before-2"),
+        (3, "before-3"),
+        (4, "after"),
+    ] {
+        assert_eq!(
+            c.get("tfy-secret/keys/x", Some(&v.to_string()))
+                .await
+                .json()["value"],
+            want
+        );
+    }
+    let (ok, out, _) = cli(&["key", "status"], MASTER_A);
+    assert!(ok);
+    assert!(
+        out.contains("generation 1\tcreated") && out.contains("seals 3 live"),
+        "{out}"
+    );
+    assert!(
+        out.contains("generation 2 (active)") && out.contains("seals 1 live"),
+        "{out}"
+    );
+    drop(p);
+    // rekey: the new master key opens everything, the old one nothing
+    let new_key = dir.path().join("new.key");
+    std::fs::write(&new_key, format!("{MASTER_B}\n")).expect("write");
+    let (ok, out, err) = cli(
+        &[
+            "key",
+            "rekey",
+            "--new-master-key-file",
+            &new_key.display().to_string(),
+        ],
+        MASTER_A,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("re-wrapped 2 data key(s)"), "{out}");
+    let e = Proc::try_start(&data, &env)
+        .err()
+        .expect("the old master key must be refused");
+    assert!(e.contains("master key does not open"), "{e}");
+    let p = Proc::start(
+        &data,
+        &[("SECRETD_API_KEYS", KEY), ("SECRETD_MASTER_KEY", MASTER_B)],
+    );
+    for (v, want) in [(1, "before-1"), (4, "after")] {
+        assert_eq!(
+            p.client(KEY)
+                .get("tfy-secret/keys/x", Some(&v.to_string()))
+                .await
+                .json()["value"],
+            want
+        );
+    }
+    drop(p);
+    let (ok, out, err) = cli(&["audit", "verify"], MASTER_B);
+    assert!(ok, "audit chain after rekey: {out}{err}");
+}
