@@ -3,7 +3,7 @@
 //! Every record carries `prev_hash` (the previous record's hash) and `hash =
 //! HMAC-SHA256(audit key, "secretd/audit/v1" ‖ prev_hash ‖ seq ‖ fields)`,
 //! each field length-prefixed; `seq` counts from 1 without gaps. The audit
-//! key derives from the master key, so someone who can write the database
+//! key is stored wrapped by the master key, so someone who can write the database
 //! but does not hold the master key cannot recompute the chain. Editing a
 //! record breaks its own hash; deleting or inserting one breaks the sequence
 //! or the next record's `prev_hash`. Records never hold a value, a token or

@@ -37,6 +37,8 @@ pub enum BootError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    #[error("{} holds no secretd store ({DB_FILE} is missing); pass --data-dir or --database-url", .0.display())]
+    NoStore(PathBuf),
     #[error("audit stream {0}")]
     AuditStream(String),
     #[error("invalid auth header name {0:?}")]
@@ -112,6 +114,20 @@ impl std::fmt::Display for Location {
     }
 }
 
+/// Opens the store at `loc`, which must already exist (for commands other
+/// than `serve`: a typo in `--data-dir` must not create an empty store).
+pub async fn open_existing_store(
+    loc: &Location,
+    pg: &PgSettings,
+) -> Result<Arc<dyn Store>, BootError> {
+    if let Location::DataDir(d) = loc
+        && !d.join(DB_FILE).exists()
+    {
+        return Err(BootError::NoStore(d.clone()));
+    }
+    open_store(loc, pg).await
+}
+
 /// Opens (creating if needed) the store at `loc`; no keys involved.
 pub async fn open_store(loc: &Location, pg: &PgSettings) -> Result<Arc<dyn Store>, BootError> {
     Ok(match loc {
@@ -140,7 +156,7 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
         stored_keys = store.data_keys().await?;
     }
     let keyring = Keyring::unwrap_all(&master, &stored_keys)?;
-    store.set_audit_key(load_audit_key(store.as_ref(), &master).await?);
+    store.set_audit_key(Arc::new(load_audit_key(store.as_ref(), &master).await?));
     let master_for_service = master;
 
     let mut headers = Vec::with_capacity(cfg.auth_headers.len());
@@ -221,23 +237,6 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
         generated_master_key,
         location: loc,
     })
-}
-
-/// For commands other than `serve`: the existing master key from
-/// `SECRETD_MASTER_KEY`, `file`, or `<data_dir>/master.key` (never
-/// generated), checked against the store's data keys, and the audit key set
-/// on the store.
-pub async fn attach_master_key(
-    store: &dyn Store,
-    env_key: Option<&SecretString>,
-    file: Option<&Path>,
-    data_dir: Option<&Path>,
-) -> Result<AuditKey, BootError> {
-    let master = existing_master_key(store, env_key, file, data_dir).await?;
-    let key = load_audit_key(store, &master).await?;
-    let again = load_audit_key(store, &master).await?;
-    store.set_audit_key(key);
-    Ok(again)
 }
 
 /// The existing master key from `SECRETD_MASTER_KEY`, `file`, or

@@ -11,11 +11,14 @@ use crate::audit::{Verifier, to_hex};
 use crate::authz::{Role, Scope};
 use crate::bootstrap::{self, Location};
 use crate::config::{DbArgs, ServeConfig, StoreArgs};
-use crate::crypto::AuditKey;
+use std::sync::Arc;
+
+use crate::crypto::{AuditKey, MasterKey};
 use crate::http::ratelimit::FailLimiter;
 use crate::http::{self, AppState};
 use crate::path::{PathArg, SecretPath};
 use crate::service::{RequestCtx, Service};
+use crate::store::Store;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -177,35 +180,13 @@ pub struct KeyArgs {
 
 /// Opens the store named by `args` for a command that never reads values:
 /// the master key is only checked and used to chain audit records.
-async fn open_for_cli(args: &StoreArgs, keys: &KeyArgs) -> anyhow::Result<(Service, AuditKey)> {
-    let loc = args.location();
-    if let Location::DataDir(d) = &loc {
-        anyhow::ensure!(
-            d.join(bootstrap::DB_FILE).exists(),
-            "{} holds no secretd store ({} is missing); pass --data-dir or --database-url",
-            d.display(),
-            bootstrap::DB_FILE
-        );
-    }
-    let store = bootstrap::open_store(&loc, &args.db.settings())
-        .await
-        .with_context(|| format!("opening {loc}"))?;
-    let env_key = std::env::var("SECRETD_MASTER_KEY")
-        .ok()
-        .filter(|k| !k.trim().is_empty())
-        .map(crate::config::SecretString::new);
-    let data_dir = match &loc {
-        Location::DataDir(d) => Some(d.as_path()),
-        Location::Database(_) => None,
-    };
-    let audit_key = bootstrap::attach_master_key(
-        store.as_ref(),
-        env_key.as_ref(),
-        keys.master_key_file.as_deref(),
-        data_dir,
-    )
-    .await
-    .context("loading the master key")?;
+async fn open_for_cli(
+    args: &StoreArgs,
+    keys: &KeyArgs,
+) -> anyhow::Result<(Service, Arc<AuditKey>)> {
+    let (store, master) = open_with_master(args, keys).await?;
+    let audit_key = Arc::new(bootstrap::load_audit_key(store.as_ref(), &master).await?);
+    store.set_audit_key(Arc::clone(&audit_key));
     Ok((Service::without_keys(store), audit_key))
 }
 
@@ -288,23 +269,14 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The store and its verified master key, for `key` commands.
+/// The existing store and its verified master key (SECRETD_MASTER_KEY,
+/// --master-key-file, or the data dir's master.key).
 async fn open_with_master(
     args: &StoreArgs,
     keys: &KeyArgs,
-) -> anyhow::Result<(
-    std::sync::Arc<dyn crate::store::Store>,
-    crate::crypto::MasterKey,
-)> {
+) -> anyhow::Result<(Arc<dyn Store>, MasterKey)> {
     let loc = args.location();
-    if let Location::DataDir(d) = &loc {
-        anyhow::ensure!(
-            d.join(bootstrap::DB_FILE).exists(),
-            "{} holds no secretd store",
-            d.display()
-        );
-    }
-    let store = bootstrap::open_store(&loc, &args.db.settings())
+    let store = bootstrap::open_existing_store(&loc, &args.db.settings())
         .await
         .with_context(|| format!("opening {loc}"))?;
     let env_key = std::env::var("SECRETD_MASTER_KEY")
@@ -633,16 +605,8 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
 async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let from = Location::parse(&args.from);
     let to = Location::parse(&args.to);
-    if let Location::DataDir(d) = &from {
-        anyhow::ensure!(
-            d.join(bootstrap::DB_FILE).exists(),
-            "{} holds no secretd store ({} is missing)",
-            d.display(),
-            bootstrap::DB_FILE
-        );
-    }
     let settings = args.db.settings();
-    let source = bootstrap::open_store(&from, &settings)
+    let source = bootstrap::open_existing_store(&from, &settings)
         .await
         .with_context(|| format!("opening the source {from}"))?;
     let target = bootstrap::open_store(&to, &settings)

@@ -88,27 +88,30 @@ impl Metrics {
     /// The text exposition.
     pub fn render(&self, store: StoreGauges) -> String {
         let mut out = String::with_capacity(4096);
-        let _ = writeln!(
-            out,
-            "# HELP secretd_build_info Build information.\n# TYPE secretd_build_info gauge"
+        header(
+            &mut out,
+            "secretd_build_info",
+            "gauge",
+            "Build information.",
         );
         let _ = writeln!(
             out,
             "secretd_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
-        let _ = writeln!(
-            out,
-            "# HELP secretd_uptime_seconds Seconds since the process started.\n# TYPE secretd_uptime_seconds gauge"
+        let uptime = format!("{:.3}", self.started.elapsed().as_secs_f64());
+        scalar(
+            &mut out,
+            "secretd_uptime_seconds",
+            "gauge",
+            "Seconds since the process started.",
+            &uptime,
         );
-        let _ = writeln!(
-            out,
-            "secretd_uptime_seconds {:.3}",
-            self.started.elapsed().as_secs_f64()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP secretd_http_requests_total Requests by route template, method and status.\n# TYPE secretd_http_requests_total counter"
+        header(
+            &mut out,
+            "secretd_http_requests_total",
+            "counter",
+            "Requests by route template, method and status.",
         );
         if let Ok(m) = self.requests.lock() {
             for ((route, method, status), n) in m.iter() {
@@ -120,71 +123,76 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP secretd_http_request_duration_seconds Request latency by route template.\n# TYPE secretd_http_request_duration_seconds histogram"
+        let name = "secretd_http_request_duration_seconds";
+        header(
+            &mut out,
+            name,
+            "histogram",
+            "Request latency by route template.",
         );
         if let Ok(m) = self.latency.lock() {
             for (route, h) in m.iter() {
                 let r = escape(route);
                 for (b, bound) in h.buckets.iter().zip(BOUNDS) {
-                    let _ = writeln!(
-                        out,
-                        "secretd_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"{bound}\"}} {b}"
-                    );
+                    let _ = writeln!(out, "{name}_bucket{{route=\"{r}\",le=\"{bound}\"}} {b}");
                 }
                 let _ = writeln!(
                     out,
-                    "secretd_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}",
+                    "{name}_bucket{{route=\"{r}\",le=\"+Inf\"}} {}",
                     h.count
                 );
-                let _ = writeln!(
-                    out,
-                    "secretd_http_request_duration_seconds_sum{{route=\"{r}\"}} {}",
-                    h.sum
-                );
-                let _ = writeln!(
-                    out,
-                    "secretd_http_request_duration_seconds_count{{route=\"{r}\"}} {}",
-                    h.count
-                );
+                let _ = writeln!(out, "{name}_sum{{route=\"{r}\"}} {}", h.sum);
+                let _ = writeln!(out, "{name}_count{{route=\"{r}\"}} {}", h.count);
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP secretd_auth_failures_total Requests refused for a missing or invalid credential.\n# TYPE secretd_auth_failures_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "secretd_auth_failures_total {}",
-            self.auth_failures.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP secretd_auth_rate_limited_total Requests refused by the failed-auth limiter.\n# TYPE secretd_auth_rate_limited_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "secretd_auth_rate_limited_total {}",
-            self.rate_limited.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP secretd_secrets Secrets with a live version.\n# TYPE secretd_secrets gauge"
-        );
-        let _ = writeln!(out, "secretd_secrets {}", store.secrets);
-        let _ = writeln!(
-            out,
-            "# HELP secretd_secret_versions Live secret versions.\n# TYPE secretd_secret_versions gauge"
-        );
-        let _ = writeln!(out, "secretd_secret_versions {}", store.live_versions);
-        let _ = writeln!(
-            out,
-            "# HELP secretd_store_up Whether the store answered the scrape's queries.\n# TYPE secretd_store_up gauge"
-        );
-        let _ = writeln!(out, "secretd_store_up {}", u8::from(store.ready));
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+        for (name, kind, help, value) in [
+            (
+                "secretd_auth_failures_total",
+                "counter",
+                "Requests refused for a missing or invalid credential.",
+                load(&self.auth_failures),
+            ),
+            (
+                "secretd_auth_rate_limited_total",
+                "counter",
+                "Requests refused by the failed-auth limiter.",
+                load(&self.rate_limited),
+            ),
+            (
+                "secretd_secrets",
+                "gauge",
+                "Secrets with a live version.",
+                store.secrets.to_string(),
+            ),
+            (
+                "secretd_secret_versions",
+                "gauge",
+                "Live secret versions.",
+                store.live_versions.to_string(),
+            ),
+            (
+                "secretd_store_up",
+                "gauge",
+                "Whether the store answered the scrape's queries.",
+                u8::from(store.ready).to_string(),
+            ),
+        ] {
+            scalar(&mut out, name, kind, help, &value);
+        }
         out
     }
+}
+
+/// The `# HELP` and `# TYPE` lines of a metric.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A metric with one unlabelled sample.
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: &str) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 fn escape(s: &str) -> String {

@@ -347,10 +347,6 @@ impl Service {
         &self.store
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Appends an audit record (batched with others) and waits until it is
     /// committed. Fails closed: an error here must stop the response.
     pub async fn audit(&self, record: AuditRecord) -> Result<(), Error> {
@@ -756,20 +752,8 @@ impl Service {
 
     /// Tokens whose every scope lies within the caller's scope.
     pub async fn list_tokens(&self, ctx: &RequestCtx) -> Result<Vec<TokenInfo>, Error> {
-        let p = &ctx.principal;
-        p.check_role(Action::ManageTokens)?;
-        let mut out = Vec::new();
-        for row in self.store.tokens().await? {
-            let info = token_info(row)?;
-            // Visible: tokens inside the caller's scope, tokens it created,
-            // and (to a global admin) everything. A token with no scope is
-            // inside nobody's scope but a global admin's or its creator's.
-            let inside = !info.scopes.is_empty() && info.scopes.iter().all(|s| p.covers_scope(s));
-            if inside || info.row.created_by == p.id || p.is_global() {
-                out.push(info);
-            }
-        }
-        Ok(out)
+        ctx.principal.check_role(Action::ManageTokens)?;
+        visible_to(&ctx.principal, self.store.tokens().await?)
     }
 
     /// Revokes a token by id (or, failing that, by name) if the caller may
@@ -779,7 +763,10 @@ impl Service {
         ctx: &RequestCtx,
         id_or_name: &str,
     ) -> Result<TokenInfo, Error> {
-        let visible = self.list_tokens(ctx).await?;
+        ctx.principal.check_role(Action::ManageTokens)?;
+        // One read of the table serves both the lookup and the cascade.
+        let all = self.store.tokens().await?;
+        let visible = visible_to(&ctx.principal, all.clone())?;
         let found = visible
             .iter()
             .find(|t| t.row.id == id_or_name)
@@ -798,7 +785,6 @@ impl Service {
         } else {
             None
         };
-        let all = self.store.tokens().await?;
         let mut cascaded = 0;
         let mut queue = vec![t.row.id.clone()];
         let mut seen = std::collections::HashSet::new();
@@ -859,6 +845,21 @@ impl Service {
     pub async fn ready(&self) -> Result<(), Error> {
         Ok(self.store.ping().await?)
     }
+}
+
+/// The tokens `p` may see: those inside its scope, those it created, and
+/// (to a global admin) everything. A token with no scope is inside nobody's
+/// scope but a global admin's or its creator's.
+fn visible_to(p: &Principal, rows: Vec<TokenRow>) -> Result<Vec<TokenInfo>, Error> {
+    let mut out = Vec::new();
+    for row in rows {
+        let info = token_info(row)?;
+        let inside = !info.scopes.is_empty() && info.scopes.iter().all(|s| p.covers_scope(s));
+        if inside || info.row.created_by == p.id || p.is_global() {
+            out.push(info);
+        }
+    }
+    Ok(out)
 }
 
 fn validate_token_name(name: &str) -> Result<(), Error> {

@@ -104,44 +104,53 @@ fn client_addr(req: &Request) -> Option<SocketAddr> {
 /// Managed tokens carry this prefix; anything else can only be a static key.
 const TOKEN_PREFIX: &[u8] = b"sdt_";
 
+/// One presented credential after the in-memory checks.
+enum Slot {
+    Static(Principal),
+    Token(Zeroizing<Vec<u8>>),
+}
+
 /// What the request's credentials are, decided without I/O where possible.
 enum Resolved {
-    /// All credentials are static keys: this principal.
+    /// All credentials are static keys: the first one's principal.
     Static(Principal),
     /// Some credential cannot be valid (no such static key, not a token).
     Invalid,
-    /// Managed tokens must be looked up in the store.
-    Lookup(Vec<Zeroizing<Vec<u8>>>),
+    /// Managed tokens remain to be looked up in the store.
+    Lookup(Vec<Slot>),
 }
 
+/// Checks every credential against the static keys once; managed tokens
+/// (by their prefix) are left for [`resolve_tokens`].
 fn resolve_now(s: &AppState, creds: Option<Vec<Zeroizing<Vec<u8>>>>) -> Resolved {
     let Some(creds) = creds else {
         return Resolved::Invalid;
     };
-    let mut who = None;
-    for c in &creds {
-        match s.api_keys.lookup(c) {
-            Some(id) => {
-                who.get_or_insert_with(|| Principal::static_key(id));
-            }
-            None if c.starts_with(TOKEN_PREFIX) => return Resolved::Lookup(creds),
+    let mut slots = Vec::with_capacity(creds.len());
+    for c in creds {
+        match s.api_keys.lookup(&c) {
+            Some(id) => slots.push(Slot::Static(Principal::static_key(id))),
+            None if c.starts_with(TOKEN_PREFIX) => slots.push(Slot::Token(c)),
             None => return Resolved::Invalid,
         }
     }
-    who.map_or(Resolved::Invalid, Resolved::Static)
+    if slots.iter().any(|s| matches!(s, Slot::Token(_))) {
+        return Resolved::Lookup(slots);
+    }
+    match slots.into_iter().next() {
+        Some(Slot::Static(p)) => Resolved::Static(p),
+        _ => Resolved::Invalid,
+    }
 }
 
-/// The principal all of the credentials resolve to (static keys, then
-/// managed tokens looked up by hash); `None` if any of them does not.
-async fn resolve_tokens(
-    s: &AppState,
-    creds: Vec<Zeroizing<Vec<u8>>>,
-) -> Result<Option<Principal>, Error> {
+/// The principal of the first credential once every managed token among
+/// them was found valid in the store; `None` if one was not.
+async fn resolve_tokens(s: &AppState, slots: Vec<Slot>) -> Result<Option<Principal>, Error> {
     let mut who = None;
-    for c in &creds {
-        let p = match s.api_keys.lookup(c) {
-            Some(id) => Principal::static_key(id),
-            None => match s.service.principal_for_token(c).await? {
+    for slot in slots {
+        let p = match slot {
+            Slot::Static(p) => p,
+            Slot::Token(c) => match s.service.principal_for_token(&c).await? {
                 Some(p) => p,
                 None => return Ok(None),
             },
@@ -179,11 +188,11 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         }
         // The attempt stays counted as a failure.
         Resolved::Invalid => return Error::Unauthorized.into_response(),
-        Resolved::Lookup(creds) => {
+        Resolved::Lookup(slots) => {
             if let Some(ip) = ip {
                 s.limiter.succeeded(ip); // un-count before waiting on the store
             }
-            match resolve_tokens(&s, creds).await {
+            match resolve_tokens(&s, slots).await {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     if let Some(ip) = ip {

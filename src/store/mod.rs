@@ -266,9 +266,9 @@ impl Dump {
 }
 
 pub trait Store: Send + Sync + 'static {
-    /// Sets the key that chains audit records (derived from the master key);
+    /// Sets the key that chains audit records (unwrapped with the master key);
     /// writes that carry audit records fail until it is set. Set once.
-    fn set_audit_key(&self, key: crate::crypto::AuditKey);
+    fn set_audit_key(&self, key: std::sync::Arc<crate::crypto::AuditKey>);
 
     /// Allocates the next version of `path`, seals the value for it and
     /// stores it durably. Returns the new version.

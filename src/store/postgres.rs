@@ -708,8 +708,8 @@ async fn apply(
 }
 
 impl Store for PgStore {
-    fn set_audit_key(&self, key: AuditKey) {
-        let _ = self.audit_key.set(Arc::new(key));
+    fn set_audit_key(&self, key: Arc<AuditKey>) {
+        let _ = self.audit_key.set(key);
     }
 
     fn put(

@@ -5,7 +5,8 @@
 //!   WAL fsync for many concurrent PUTs), gives each write its own savepoint
 //!   so one failure does not undo the others, and answers each caller only
 //!   after `COMMIT` returned, i.e. after the WAL was synced.
-//! * **Reads** use a small pool of connections on blocking threads; WAL lets
+//! * **Reads** use a small pool of read-only connections: point reads run
+//!   on the calling async worker, longer ones on a blocking thread; WAL lets
 //!   them run beside the writer without locks.
 
 use std::fs::OpenOptions;
@@ -701,8 +702,8 @@ fn export_rows(c: &Connection) -> Result<Dump, StoreError> {
 }
 
 impl Store for SqliteStore {
-    fn set_audit_key(&self, key: AuditKey) {
-        let _ = self.audit_key.set(Arc::new(key));
+    fn set_audit_key(&self, key: Arc<AuditKey>) {
+        let _ = self.audit_key.set(key);
     }
 
     fn put(
@@ -1088,7 +1089,7 @@ mod tests {
     async fn concurrent_writes_share_one_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
-        store.set_audit_key(crate::crypto::AuditKey::random().unwrap());
+        store.set_audit_key(Arc::new(crate::crypto::AuditKey::random().unwrap()));
         // Hold the writer inside the first write so the others queue up.
         let slow: Sealer = Box::new(|v: Version| {
             std::thread::sleep(std::time::Duration::from_millis(300));
@@ -1131,7 +1132,7 @@ mod tests {
     async fn a_failed_write_does_not_undo_its_batch_or_burn_a_version() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        store.set_audit_key(crate::crypto::AuditKey::random().unwrap());
+        store.set_audit_key(Arc::new(crate::crypto::AuditKey::random().unwrap()));
         let p = path("tfy-secret/f/x");
         let failing: Sealer = Box::new(|_| Err(CryptoError::Rng));
         let (a, b, c) = tokio::join!(
