@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server on the embedded store.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Print the canonical secret path of an FQN (acme:prod:db-password) or a path.
     Path {
         /// An FQN such as acme:prod:db-password, or a path such as tfy-secret/acme/prod/db-password.
@@ -67,6 +67,79 @@ pub enum Command {
     /// Inspect the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file and print the settings `serve` would use with
+    /// it (and with these flags and the SECRETD_* environment), each with
+    /// where it came from; secrets are redacted.
+    Check(Box<ServeConfig>),
+}
+
+impl Cli {
+    /// Parses the command line. For `serve` and `config check`, a
+    /// `--config` file's values become the defaults, so the precedence is
+    /// flags > SECRETD_* environment > file > built-in defaults. Exits like
+    /// clap on a usage error (code 2), also for a bad file.
+    pub fn parse_with_config() -> Cli {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        match Self::try_parse_with_config(&args) {
+            Ok(cli) => cli,
+            Err(ParseError::Clap(e)) => e.exit(),
+            Err(ParseError::Config(e)) => {
+                eprintln!("secretd: config: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    fn try_parse_with_config(args: &[std::ffi::OsString]) -> Result<Cli, ParseError> {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let cli = Cli::try_parse_from(args)?;
+        let Some(file) = cli.config_file() else {
+            return Ok(cli);
+        };
+        let settings = crate::config::read_file(&file)?;
+        let mut cmd = Cli::command();
+        let mut failed = None;
+        let mut apply = |c: clap::Command| match crate::config::apply_file(c.clone(), &settings) {
+            Ok(c) => c,
+            Err(e) => {
+                failed = Some(e);
+                c
+            }
+        };
+        cmd = if matches!(cli.command, Command::Serve(_)) {
+            cmd.mut_subcommand("serve", &mut apply)
+        } else {
+            cmd.mut_subcommand("config", |c| c.mut_subcommand("check", &mut apply))
+        };
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        let matches = cmd.try_get_matches_from(args)?;
+        Ok(Cli::from_arg_matches(&matches)?)
+    }
+
+    /// The `--config` file, for the commands that take one.
+    fn config_file(&self) -> Option<std::path::PathBuf> {
+        match &self.command {
+            Command::Serve(cfg) | Command::Config(ConfigCommand::Check(cfg)) => cfg.config.clone(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ParseError {
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 #[derive(Debug, Subcommand)]
@@ -482,8 +555,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(mut cfg) => {
             cfg.read_env_only();
-            serve(cfg).await
+            cfg.validate()?;
+            serve(*cfg).await
         }
+        Command::Config(ConfigCommand::Check(cfg)) => config_check(&cfg),
         Command::Migrate(args) => migrate(args).await,
         Command::Token(cmd) => token(cmd).await,
         Command::Key(cmd) => key(cmd).await,
@@ -538,6 +613,13 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    // TLS files are checked before the store is touched, like the address.
+    let tls = match cfg.tls_files() {
+        Some(files) => Some(Arc::new(
+            crate::tls::TlsReloader::load(files).context("loading the TLS certificate")?,
+        )),
+        None => None,
+    };
     let opened = bootstrap::open(&cfg).await.context("opening the store")?;
     // From here on keys exist only as hashes (API keys) or inside the
     // keyring (master key material is gone).
@@ -555,11 +637,17 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
     if let Some(key) = &opened.generated_key {
         print_banner(addr, key);
     }
-    tracing::info!(addr = %addr, store = %opened.location, "listening");
+    tracing::info!(addr = %addr, store = %opened.location, tls = tls.is_some(), mtls = cfg.tls_client_ca.is_some(), "listening");
+    match &tls {
+        Some(t) => Arc::clone(t).spawn_watch(cfg.tls_reload_interval),
+        None => spawn_sighup_notice(),
+    }
     let state = AppState {
         service: opened.service,
         api_keys: opened.api_keys,
         max_body_bytes: cfg.max_body_bytes,
+        body_timeout: cfg.body_timeout,
+        request_timeout: cfg.request_timeout,
         limiter: std::sync::Arc::new(FailLimiter::new(
             cfg.auth_fail_limit,
             cfg.auth_fail_window,
@@ -591,7 +679,7 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
         r = http::serve_with(
             listener,
             state,
-            http::Transport { header_timeout: cfg.header_timeout, max_connections: cfg.max_connections },
+            http::Transport { header_timeout: cfg.header_timeout, max_connections: cfg.max_connections, tls },
             shutdown,
         ) => r?,
         () = drain_deadline => {
@@ -651,6 +739,126 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Completes on SIGTERM or SIGINT.
+/// `secretd config check`: the effective settings, where each came from,
+/// secrets redacted; then the checks `serve` makes before touching the
+/// store (settings that go together, TLS files).
+fn config_check(cfg: &ServeConfig) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory as _;
+    use clap::parser::ValueSource;
+    // Parse again to learn each value's source (the typed config has lost it).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let file = match &cfg.config {
+        Some(f) => Some(crate::config::read_file(f)?),
+        None => None,
+    };
+    let mut cmd = Cli::command();
+    if let Some(f) = &file {
+        let mut err = None;
+        cmd = cmd.mut_subcommand("config", |c| {
+            c.mut_subcommand("check", |c| match crate::config::apply_file(c.clone(), f) {
+                Ok(c) => c,
+                Err(e) => {
+                    err = Some(e);
+                    c
+                }
+            })
+        });
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+    }
+    let matches = cmd.try_get_matches_from(&args)?;
+    let Some(m) = matches
+        .subcommand_matches("config")
+        .and_then(|m| m.subcommand_matches("check"))
+    else {
+        anyhow::bail!("internal: config check matches missing");
+    };
+    let sub = Cli::command();
+    let Some(check) = sub
+        .find_subcommand("config")
+        .and_then(|c| c.find_subcommand("check"))
+    else {
+        anyhow::bail!("internal: config check command missing");
+    };
+    println!("# effective settings: flags > SECRETD_* environment > file > defaults");
+    if let Some(f) = &cfg.config {
+        println!("# file: {}", f.display());
+    }
+    for arg in check.get_arguments() {
+        let id = arg.get_id().as_str();
+        if matches!(id, "help" | "version" | "config") {
+            continue;
+        }
+        let values: Vec<String> = m
+            .get_raw(id)
+            .map(|vs| vs.map(|v| v.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let source = match m.value_source(id) {
+            Some(ValueSource::CommandLine) => "flag",
+            Some(ValueSource::EnvVariable) => "environment",
+            Some(ValueSource::DefaultValue)
+                if file.as_ref().is_some_and(|f| f.values.contains_key(id)) =>
+            {
+                "file"
+            }
+            Some(ValueSource::DefaultValue) => "default",
+            _ => "unset",
+        };
+        let secret = crate::config::SECRET_SETTINGS.contains(&id);
+        let show = |v: &String| {
+            if secret {
+                "\"<redacted>\"".to_owned()
+            } else if v.parse::<i64>().is_ok() {
+                v.clone()
+            } else {
+                format!("{v:?}")
+            }
+        };
+        let rendered = match (values.first(), arg.get_action()) {
+            (None, _) => {
+                println!("# {id} is not set");
+                continue;
+            }
+            (Some(_), clap::ArgAction::Append) => {
+                format!(
+                    "[{}]",
+                    values.iter().map(show).collect::<Vec<_>>().join(", ")
+                )
+            }
+            (Some(v), _) => show(v),
+        };
+        println!("{id} = {rendered}  # {source}");
+    }
+    let master_from_env = std::env::var("SECRETD_MASTER_KEY").is_ok_and(|k| !k.trim().is_empty());
+    println!(
+        "# master_key: {}",
+        if master_from_env {
+            "set in SECRETD_MASTER_KEY (redacted)"
+        } else {
+            "not in the environment"
+        }
+    );
+    cfg.validate()?;
+    if let Some(files) = cfg.tls_files() {
+        crate::tls::build(&files).context("TLS files")?;
+    }
+    println!("# ok");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Without TLS there is nothing to reload: SIGHUP is logged, not fatal.
+fn spawn_sighup_notice() {
+    tokio::spawn(async {
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: nothing to reload (no TLS configured)");
+            }
+        }
+    });
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let term = async {

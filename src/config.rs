@@ -1,5 +1,12 @@
-//! Settings for `secretd serve`: one plain struct, filled once from flags and
-//! `SECRETD_*` environment variables (clap does both), passed explicitly.
+//! Settings for `secretd serve`: one plain struct, filled once from flags,
+//! `SECRETD_*` environment variables and an optional TOML file, passed
+//! explicitly.
+//!
+//! Precedence is flags > environment > file > defaults. clap does the first
+//! two; the file's values are installed as the arguments' defaults before
+//! parsing ([`apply_file`]), so one parser decides every setting and the
+//! file is checked by the same value parsers as flags. File keys are the
+//! settings' names in snake_case (`data_dir`, `tls_cert`, `api_keys`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -38,6 +45,11 @@ impl FromStr for SecretString {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
+    /// A TOML file with any of these settings (keys in snake_case, e.g.
+    /// data_dir); flags and SECRETD_* variables override it.
+    #[arg(long, env = "SECRETD_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on (host:port; port 0 picks a free port).
     #[arg(long, env = "SECRETD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
@@ -96,6 +108,33 @@ pub struct ServeConfig {
     /// A client must send each request's header within this time (slowloris).
     #[arg(long, env = "SECRETD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+
+    /// How long a client may take to send a request body, once its header
+    /// has arrived (slow uploads get 408).
+    #[arg(long, env = "SECRETD_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Longest a request may take from its header to the response; slower
+    /// requests get 503 `timeout`.
+    #[arg(long, env = "SECRETD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. Re-read on SIGHUP and when the file changes.
+    #[arg(long, env = "SECRETD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SECRETD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates that chain to these CAs (PEM) (mTLS).
+    #[arg(long, env = "SECRETD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for changes (0s: only on SIGHUP).
+    #[arg(long, env = "SECRETD_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
 
     /// Most client connections served at once.
     #[arg(long, env = "SECRETD_MAX_CONNECTIONS", default_value_t = 4096)]
@@ -192,6 +231,7 @@ impl ServeConfig {
     /// Defaults for a data dir, as the CLI would produce with no flags.
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
         ServeConfig {
+            config: None,
             listen: "127.0.0.1:0".into(),
             store: StoreArgs {
                 data_dir,
@@ -206,12 +246,51 @@ impl ServeConfig {
             auth_headers: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_reload_interval: Duration::from_secs(10),
             metrics_listen: None,
             max_connections: 4096,
             audit_stream: None,
             max_body_bytes: 1024 * 1024,
             max_value_bytes: 64 * 1024,
         }
+    }
+
+    /// The TLS files, if HTTPS is configured.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+
+    /// Checks what the parser cannot: settings that only make sense
+    /// together (a file can set one without the other).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid(
+                    "tls_cert is set but tls_key is not".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "tls_key is set but tls_cert is not".into(),
+                ));
+            }
+            _ => {}
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError::Invalid(
+                "tls_client_ca needs tls_cert and tls_key (mTLS is part of TLS)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Fills the settings that come only from the environment.
@@ -223,3 +302,178 @@ impl ServeConfig {
         }
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// A TOML syntax error: where, and what (never the offending text,
+    /// which may be a key).
+    #[error("{file}: line {line}, column {column}: {message}")]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: unknown key `{key}`{hint}")]
+    UnknownKey {
+        file: PathBuf,
+        key: String,
+        hint: String,
+    },
+    #[error("{file}: key `{key}`: {why}")]
+    BadValue {
+        file: PathBuf,
+        key: String,
+        why: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Keys a file may not set, and why.
+const NOT_IN_FILE: &[(&str, &str)] = &[
+    ("config", "a config file cannot name another one"),
+    (
+        "master_key",
+        "the master key itself is accepted only from SECRETD_MASTER_KEY; use master_key_file",
+    ),
+];
+
+/// A parsed config file: each key with its value(s) as the strings a flag
+/// would carry.
+#[derive(Debug, Default)]
+pub struct FileSettings {
+    pub file: PathBuf,
+    pub values: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Reads a TOML config file. Values must be strings, integers, booleans or
+/// lists of those; durations are strings (`"10s"`).
+pub fn read_file(path: &std::path::Path) -> Result<FileSettings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let at = e.span().map_or(0, |r| r.start).min(text.len());
+        let before = &text[..at];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ConfigError::Syntax {
+            file: path.to_owned(),
+            line,
+            column,
+            message: e.message().to_owned(),
+        }
+    })?;
+    let bad = |key: &str, why: &str| ConfigError::BadValue {
+        file: path.to_owned(),
+        key: key.to_owned(),
+        why: why.to_owned(),
+    };
+    let scalar = |key: &str, v: &toml::Value| -> Result<String, ConfigError> {
+        match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(n) => Ok(n.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
+            _ => Err(bad(key, "must be a string, an integer or a boolean")),
+        }
+    };
+    let mut values = std::collections::BTreeMap::new();
+    for (key, v) in &table {
+        let vs = match v {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| scalar(key, i))
+                .collect::<Result<Vec<_>, _>>()?,
+            other => vec![scalar(key, other)?],
+        };
+        values.insert(key.clone(), vs);
+    }
+    Ok(FileSettings {
+        file: path.to_owned(),
+        values,
+    })
+}
+
+/// Installs the file's values as the defaults of `cmd`'s arguments, after
+/// checking every key names one of them.
+pub fn apply_file(cmd: clap::Command, file: &FileSettings) -> Result<clap::Command, ConfigError> {
+    let known: Vec<(String, bool)> = cmd
+        .get_arguments()
+        .filter(|a| !a.is_positional())
+        .map(|a| {
+            let many = matches!(a.get_action(), clap::ArgAction::Append);
+            (a.get_id().as_str().to_owned(), many)
+        })
+        .filter(|(id, _)| !matches!(id.as_str(), "help" | "version" | "config"))
+        .collect();
+    for (key, vs) in &file.values {
+        if let Some((_, why)) = NOT_IN_FILE.iter().find(|(k, _)| k == key) {
+            return Err(ConfigError::BadValue {
+                file: file.file.clone(),
+                key: key.clone(),
+                why: (*why).to_owned(),
+            });
+        }
+        let Some((_, many)) = known.iter().find(|(id, _)| id == key) else {
+            let hint = closest(key, known.iter().map(|(k, _)| k.as_str()))
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            return Err(ConfigError::UnknownKey {
+                file: file.file.clone(),
+                key: key.clone(),
+                hint,
+            });
+        };
+        if vs.len() != 1 && !many {
+            return Err(ConfigError::BadValue {
+                file: file.file.clone(),
+                key: key.clone(),
+                why: "takes one value, not a list".into(),
+            });
+        }
+    }
+    let mut cmd = cmd;
+    for (key, vs) in &file.values {
+        let vs = vs.clone();
+        cmd = cmd.mut_arg(key.as_str(), move |a| {
+            a.default_values(vs)
+                // A value from the file satisfies `required`, like a default.
+                .required(false)
+        });
+    }
+    Ok(cmd)
+}
+
+/// The known key nearest to a misspelt one, if any is close.
+fn closest<'a>(key: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    let norm = key.replace('-', "_");
+    known
+        .map(|k| (distance(&norm, k), k))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// Settings whose values `config check` never prints.
+pub const SECRET_SETTINGS: &[&str] = &["api_keys", "database_url"];

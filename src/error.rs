@@ -56,6 +56,12 @@ pub enum Error {
     },
     #[error("service unavailable, try again")]
     Unavailable(String),
+    /// The client did not send its body within the body timeout (408).
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    /// The request took longer than the request timeout (503).
+    #[error("the request took too long; try again")]
+    Timeout,
     #[error("internal error")]
     Internal(String),
 }
@@ -83,7 +89,8 @@ impl Error {
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Corrupt { .. } | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -102,6 +109,8 @@ impl Error {
             Error::RouteNotFound => "route_not_found",
             Error::Corrupt { .. } => "corrupt",
             Error::Unavailable(_) => "unavailable",
+            Error::BodyTimeout => "request_timeout",
+            Error::Timeout => "timeout",
             Error::Internal(_) => "internal",
         }
     }

@@ -4,7 +4,6 @@
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
@@ -27,7 +26,7 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    let cli = secretd::cli::Cli::parse();
+    let cli = secretd::cli::Cli::parse_with_config();
     init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

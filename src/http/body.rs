@@ -49,11 +49,13 @@ fn too_large(max: usize) -> Error {
 
 /// Reads and decodes a JSON body of at most `max` bytes. A declared
 /// `Content-Length` over the limit is refused before reading anything; a
-/// chunked body is cut off at the limit.
+/// chunked body is cut off at the limit; a body that has not fully arrived
+/// within `timeout` gets 408.
 pub async fn read_json<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     max: usize,
+    timeout: std::time::Duration,
 ) -> Result<T, Error> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let mime = ct
@@ -74,7 +76,10 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large(max));
     }
-    let bytes = match Limited::new(body, max).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, max).collect())
+        .await
+        .map_err(|_| Error::BodyTimeout)?;
+    let bytes = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(max)),
         Err(_) => {

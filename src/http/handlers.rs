@@ -181,7 +181,7 @@ pub async fn put_secret(
     body: Body,
 ) -> Result<Response, Error> {
     ctx.note("secret.write", None, None);
-    let mut b: SecretBody = read_json(&headers, body, s.max_body_bytes).await?;
+    let mut b: SecretBody = read_json(&headers, body, s.max_body_bytes, s.body_timeout).await?;
     let path = secret_path(b.path.take())?;
     ctx.note("secret.write", Some(path.as_str()), None);
     let value = required_string(b.value.take(), "value")?;
@@ -200,7 +200,7 @@ pub async fn delete_secret(
     body: Body,
 ) -> Result<Response, Error> {
     ctx.note("secret.delete", None, None);
-    let mut b: SecretBody = read_json(&headers, body, s.max_body_bytes).await?;
+    let mut b: SecretBody = read_json(&headers, body, s.max_body_bytes, s.body_timeout).await?;
     let path = secret_path(b.path.take())?;
     let version = optional_version(b.version.as_deref())?;
     ctx.note(
@@ -242,7 +242,7 @@ pub async fn create_token(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Error> {
-    let b: TokenBody = read_json(&headers, body, s.max_body_bytes).await?;
+    let b: TokenBody = read_json(&headers, body, s.max_body_bytes, s.body_timeout).await?;
     let name = required_string(b.name, "name")?;
     ctx.note(
         "token.create",

@@ -160,6 +160,17 @@ async fn resolve_tokens(s: &AppState, slots: Vec<Slot>) -> Result<Option<Princip
     Ok(who)
 }
 
+/// Cuts a request off after the request timeout with 503 `timeout`. Covers
+/// reading the body and the service call; a write whose commit was already
+/// under way may still land (as after any lost connection), and its own
+/// audit record says so.
+pub async fn deadline(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(s.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => Error::Timeout.into_response(),
+    }
+}
+
 /// Authenticates the request (401 if not, 429 if its address failed too
 /// often) and hands the principal to the handler and the audit layer.
 ///

@@ -27,6 +27,10 @@ pub struct AppState {
     pub api_keys: Arc<ApiKeys>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive (408 after).
+    pub body_timeout: Duration,
+    /// How long a request may take from header to response (503 after).
+    pub request_timeout: Duration,
     /// Failed authentications per client address.
     pub limiter: Arc<ratelimit::FailLimiter>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -37,9 +41,14 @@ pub struct AppState {
 
 /// The one route table.
 pub fn router(state: AppState) -> Router {
-    // Inner to outer: authenticate, then audit (so 401s and 429s are audited).
+    // Inner to outer: the request deadline, authenticate, then audit (so
+    // 401s, 429s and timeouts are audited).
     let api = |r: MethodRouter<AppState>| {
         r.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::authenticate,
         ))
@@ -101,14 +110,16 @@ pub fn metrics_router(state: AppState) -> Router {
     metrics_routes().with_state(state)
 }
 
-/// Limits of the transport, against slow and greedy clients.
-#[derive(Debug, Clone, Copy)]
+/// Limits of the transport, against slow and greedy clients, and TLS.
+#[derive(Debug, Clone)]
 pub struct Transport {
-    /// A client must send a request's whole header within this time, or the
-    /// connection is closed (slowloris).
+    /// A client must send a request's whole header (and finish the TLS
+    /// handshake) within this time, or the connection is closed (slowloris).
     pub header_timeout: Duration,
     /// Most connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Serve HTTPS with this (reloadable) configuration; plain HTTP if `None`.
+    pub tls: Option<Arc<crate::tls::TlsReloader>>,
 }
 
 impl Default for Transport {
@@ -116,6 +127,7 @@ impl Default for Transport {
         Transport {
             header_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            tls: None,
         }
     }
 }
@@ -138,7 +150,6 @@ pub async fn serve_with(
     transport: Transport,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt as _;
 
     let app = router(state);
@@ -172,17 +183,32 @@ pub async fn serve_with(
                         .insert(axum::extract::ConnectInfo(addr));
                     req
                 });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(transport.header_timeout)
-            .serve_connection(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(svc),
-            );
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let header_timeout = transport.header_timeout;
+        // The acceptor is taken now: a reload affects later connections only.
+        let tls = transport.tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
             let _slot = permit;
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => serve_connection(stream, svc, header_timeout, watcher).await,
+                Some(acceptor) => {
+                    // The handshake counts against the header timeout.
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(tls_stream, svc, header_timeout, watcher).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -190,4 +216,34 @@ pub async fn serve_with(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// One HTTP/1.1 connection over `io` (plain TCP or TLS), watched for the
+/// graceful shutdown.
+async fn serve_connection<I, S>(
+    io: I,
+    svc: S,
+    header_timeout: Duration,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(
+            TokioIo::new(io),
+            hyper_util::service::TowerToHyperService::new(svc),
+        );
+    watcher.watch(conn).await
 }

@@ -321,6 +321,8 @@ impl TestServer {
             service: opened.service,
             api_keys: opened.api_keys,
             max_body_bytes: cfg.max_body_bytes,
+            body_timeout: cfg.body_timeout,
+            request_timeout: cfg.request_timeout,
             limiter: std::sync::Arc::new(secretd::http::ratelimit::FailLimiter::new(
                 cfg.auth_fail_limit,
                 cfg.auth_fail_window,

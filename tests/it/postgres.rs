@@ -37,7 +37,10 @@ async fn two_replicas_never_hand_out_a_version_twice() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let env = pg_env(&db.url);
+    let mut env = pg_env(&db.url);
+    // 300 writers of one row queue for 2 x 16 connections; this test is about
+    // versions, not latency, so a loaded machine must not turn waits into 503s.
+    env.push(("SECRETD_DB_ACQUIRE_TIMEOUT", "30s".to_owned()));
     // Both start at once on an empty database: migrations must not race.
     let (d1, d2) = (dir.path().join("a"), dir.path().join("b"));
     let (e1, e2) = (env.clone(), env.clone());
