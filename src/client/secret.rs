@@ -287,7 +287,8 @@ async fn dispatch(cmd: SecretCommand) -> Result<(), Failure> {
         } => {
             let prefix = match prefix.as_deref() {
                 None => ROOT.to_owned(),
-                Some(p) => match parse_name(p)? {
+                // A prefix may end in '/' (tfy-secret/acme/), as a group often is written.
+                Some(p) => match parse_name(p.strip_suffix('/').unwrap_or(p))? {
                     PathArg::Root => ROOT.to_owned(),
                     PathArg::Secret(p) => p.as_str().to_owned(),
                 },
