@@ -427,3 +427,159 @@ async fn the_value_never_appears_in_arguments() {
         value
     );
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with the
+/// openssl tool (None if it is missing). Returns (dir, ca.pem, cert, key).
+fn test_pki() -> Option<(tempfile::TempDir, std::path::PathBuf, Vec<u8>, Vec<u8>)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write");
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=secretd test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ],
+    ];
+    for args in steps {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+    }
+    let cert = std::fs::read(d.join("srv.pem")).expect("cert");
+    let key = std::fs::read(d.join("srv.key")).expect("key");
+    let ca = d.join("ca.pem");
+    Some((dir, ca, cert, key))
+}
+
+/// An https server under a private CA answering every request with one value.
+async fn tls_server(cert: &[u8], key: &[u8]) -> std::net::SocketAddr {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_slice(key).expect("key");
+    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    let body = r#"{"path":"tfy-secret/acme/x","version":1,"value":"over-tls"}"#;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(hyper::body::Bytes::from(body)),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_with_a_private_ca() {
+    let Some((_dir, ca, cert, key)) = test_pki() else {
+        eprintln!("skipped: the openssl tool is not available");
+        return;
+    };
+    let addr = tls_server(&cert, &key).await;
+    let u = format!("https://{addr}");
+    // unknown issuer without --ca-file: the handshake fails, exit 5
+    let o = run_with(&u, KEY, &["get", "acme:x"], b"");
+    assert_eq!(o.code, 5, "{o:?}");
+    assert!(o.stderr.contains("TLS handshake"), "{o:?}");
+    // trusted with --ca-file or SECRETD_CA_FILE
+    let ca = ca.display().to_string();
+    assert_eq!(
+        ok(&run_with(
+            &u,
+            KEY,
+            &["get", "acme:x", "--ca-file", &ca],
+            b""
+        )),
+        "over-tls"
+    );
+    let o = cmd(&u, KEY, &["get", "acme:x"])
+        .env("SECRETD_CA_FILE", &ca)
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(o.stdout, b"over-tls");
+}
