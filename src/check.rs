@@ -3,128 +3,31 @@
 //! scratch path it cleans up, and explains each failure with the likely
 //! cause from the vendor's troubleshooting table.
 
-use std::sync::Arc;
+use std::path::Path;
 
-use anyhow::Context as _;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
 use serde_json::{Value, json};
+use zeroize::Zeroizing;
 
-/// One HTTP exchange's outcome.
+use crate::client::Target;
+
+/// One HTTP exchange's outcome, as the checks read it.
 struct Reply {
     status: u16,
     body: Option<Value>,
 }
 
-/// A minimal HTTP/1.1 client for one base URL (http or https).
-struct Target {
-    https: bool,
-    host: String,
-    port: u16,
-    base_path: String,
-    headers: Vec<(String, String)>,
-    tls: Option<tokio_rustls::TlsConnector>,
-}
-
-impl Target {
-    fn parse(url: &str, headers: &[String]) -> anyhow::Result<Self> {
-        let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else {
-            anyhow::bail!("--url must start with http:// or https://");
-        };
-        let (authority, base_path) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/').to_owned()),
-            None => (rest, String::new()),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
-                h.trim_matches(['[', ']']).to_owned(),
-                p.parse().context("bad port in --url")?,
-            ),
-            _ => (authority.to_owned(), if https { 443 } else { 80 }),
-        };
-        let mut hs = Vec::new();
-        for h in headers {
-            let (k, v) = h
-                .split_once(':')
-                .context("--header must look like 'Name: value'")?;
-            hs.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-        let tls = if https {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
-        } else {
-            None
-        };
-        Ok(Target {
-            https,
-            host,
-            port,
-            base_path,
-            headers: hs,
-            tls,
-        })
-    }
-
-    async fn send(
-        &self,
-        method: &str,
-        path_and_query: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Reply> {
-        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .with_context(|| format!("connecting to {}:{}", self.host, self.port))?;
-        let uri = format!("{}{path_and_query}", self.base_path);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(&uri)
-            .header("host", &self.host);
-        for (k, v) in &self.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let bytes = match body {
-            Some(b) => {
-                req = req.header("content-type", "application/json");
-                Bytes::from(b.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let req = req.body(Full::new(bytes))?;
-        let res = match (&self.tls, self.https) {
-            (Some(tls), true) => {
-                let name = rustls::pki_types::ServerName::try_from(self.host.clone())?;
-                let s = tls.connect(name, stream).await.context("TLS handshake")?;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await?;
-                tokio::spawn(conn);
-                sender.send_request(req).await?
-            }
-            _ => {
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await?;
-                tokio::spawn(conn);
-                sender.send_request(req).await?
-            }
-        };
-        let status = res.status().as_u16();
-        let raw = res.into_body().collect().await?.to_bytes();
-        Ok(Reply {
-            status,
-            body: serde_json::from_slice(&raw).ok(),
-        })
-    }
+async fn send(
+    t: &Target,
+    method: &str,
+    path_and_query: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Reply> {
+    let body = body.map(|b| Zeroizing::new(b.to_string().into_bytes()));
+    let r = t.send(method, path_and_query, body).await?;
+    Ok(Reply {
+        status: r.status,
+        body: r.json(),
+    })
 }
 
 /// The result of one contract point.
@@ -198,8 +101,8 @@ fn query_version(v: &Value) -> String {
 }
 
 /// Runs the check; returns the number of failed points.
-pub async fn run(url: &str, headers: &[String]) -> anyhow::Result<usize> {
-    let t = Target::parse(url, headers)?;
+pub async fn run(url: &str, headers: &[String], ca_file: Option<&Path>) -> anyhow::Result<usize> {
+    let t = Target::parse(url, headers, ca_file)?;
     let mut o = Outcome { failed: 0 };
     let mut rnd = [0u8; 6];
     crate::crypto::random_bytes(&mut rnd)?;
@@ -210,7 +113,7 @@ pub async fn run(url: &str, headers: &[String]) -> anyhow::Result<usize> {
     let q = |extra: &str| format!("/secrets?path={path}{extra}");
 
     // 1. The validation call TrueFoundry makes when the integration is saved.
-    let r = t.send("GET", "/secrets?path=tfy-secret", None).await?;
+    let r = send(&t, "GET", "/secrets?path=tfy-secret", None).await?;
     let ok = (200..300).contains(&r.status);
     o.report(
         "validation call GET /secrets?path=tfy-secret",
@@ -220,13 +123,13 @@ pub async fn run(url: &str, headers: &[String]) -> anyhow::Result<usize> {
     );
 
     // 2. Create.
-    let r = t
-        .send(
-            "PUT",
-            "/secrets",
-            Some(json!({ "path": path, "value": "secretd-check-1" })),
-        )
-        .await?;
+    let r = send(
+        &t,
+        "PUT",
+        "/secrets",
+        Some(json!({ "path": path, "value": "secretd-check-1" })),
+    )
+    .await?;
     let v1 = version_of(&r);
     let ok = (200..300).contains(&r.status) && v1.is_some();
     o.report(
@@ -237,7 +140,7 @@ pub async fn run(url: &str, headers: &[String]) -> anyhow::Result<usize> {
     );
 
     // 3. Read latest.
-    let r = t.send("GET", &q(""), None).await?;
+    let r = send(&t, "GET", &q(""), None).await?;
     let ok = r.status == 200 && value_of(&r) == Some("secretd-check-1");
     o.report(
         "read (GET) answers 200 with the value",
@@ -247,13 +150,13 @@ pub async fn run(url: &str, headers: &[String]) -> anyhow::Result<usize> {
     );
 
     // 4. Update: a new version.
-    let r = t
-        .send(
-            "PUT",
-            "/secrets",
-            Some(json!({ "path": path, "value": "secretd-check-2" })),
-        )
-        .await?;
+    let r = send(
+        &t,
+        "PUT",
+        "/secrets",
+        Some(json!({ "path": path, "value": "secretd-check-2" })),
+    )
+    .await?;
     let v2 = version_of(&r);
     let ok = (200..300).contains(&r.status) && v2.is_some() && v2 != v1;
     o.report(
@@ -265,9 +168,13 @@ pub async fn run(url: &str, headers: &[String]) -> anyhow::Result<usize> {
 
     // 5. Read a version, then the latest.
     if let Some(v1) = &v1 {
-        let r = t
-            .send("GET", &q(&format!("&version={}", query_version(v1))), None)
-            .await?;
+        let r = send(
+            &t,
+            "GET",
+            &q(&format!("&version={}", query_version(v1))),
+            None,
+        )
+        .await?;
         let ok = r.status == 200 && value_of(&r) == Some("secretd-check-1");
         o.report(
             "read a version (GET &version=) answers that version's value",
@@ -276,7 +183,7 @@ pub async fn run(url: &str, headers: &[String]) -> anyhow::Result<usize> {
             hint_for(&r, HINT_VALUE),
         );
     }
-    let r = t.send("GET", &q(""), None).await?;
+    let r = send(&t, "GET", &q(""), None).await?;
     let ok = r.status == 200 && value_of(&r) == Some("secretd-check-2");
     o.report(
         "read after update answers the newest value",
@@ -287,22 +194,26 @@ pub async fn run(url: &str, headers: &[String]) -> anyhow::Result<usize> {
 
     // 6. Delete one version.
     if let Some(v1) = &v1 {
-        let r = t
-            .send(
-                "DELETE",
-                "/secrets",
-                Some(json!({ "path": path, "version": v1 })),
-            )
-            .await?;
+        let r = send(
+            &t,
+            "DELETE",
+            "/secrets",
+            Some(json!({ "path": path, "version": v1 })),
+        )
+        .await?;
         o.report(
             "delete one version (DELETE with version) answers 2xx",
             (200..300).contains(&r.status),
             &describe(&r),
             "",
         );
-        let r = t
-            .send("GET", &q(&format!("&version={}", query_version(v1))), None)
-            .await?;
+        let r = send(
+            &t,
+            "GET",
+            &q(&format!("&version={}", query_version(v1))),
+            None,
+        )
+        .await?;
         o.report(
             "the deleted version reads as 404",
             r.status == 404,
@@ -312,16 +223,14 @@ pub async fn run(url: &str, headers: &[String]) -> anyhow::Result<usize> {
     }
 
     // 7. Delete all versions.
-    let r = t
-        .send("DELETE", "/secrets", Some(json!({ "path": path })))
-        .await?;
+    let r = send(&t, "DELETE", "/secrets", Some(json!({ "path": path }))).await?;
     o.report(
         "delete all versions (DELETE) answers 2xx",
         (200..300).contains(&r.status),
         &describe(&r),
         "",
     );
-    let r = t.send("GET", &q(""), None).await?;
+    let r = send(&t, "GET", &q(""), None).await?;
     o.report(
         "the deleted secret reads as 404",
         r.status == 404,

@@ -57,7 +57,14 @@ pub enum Command {
         /// Sent as X-API-Key (keeps the key out of the process list).
         #[arg(long, env = "SECRETD_API_KEY", hide_env_values = true)]
         api_key: Option<crate::config::SecretString>,
+        /// PEM file of CA certificates to trust for https, besides the usual public roots.
+        #[arg(long, env = "SECRETD_CA_FILE")]
+        ca_file: Option<std::path::PathBuf>,
     },
+    /// Put, get, delete, list secrets and their versions on a running server
+    /// (--url and --api-key, or SECRETD_URL and SECRETD_API_KEY).
+    #[command(subcommand, after_help = crate::client::secret::EXIT_CODES_HELP)]
+    Secret(crate::client::secret::SecretCommand),
     /// Manage scoped tokens (works while the server runs).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -566,11 +573,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             url,
             mut headers,
             api_key,
+            ca_file,
         } => {
             if let Some(k) = api_key {
                 headers.push(format!("X-API-Key: {}", k.expose()));
             }
-            let failed = crate::check::run(&url, &headers).await?;
+            let failed = crate::check::run(&url, &headers, ca_file.as_deref()).await?;
             Ok(if failed == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -578,6 +586,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Audit(cmd) => audit(cmd).await,
+        Command::Secret(cmd) => Ok(crate::client::secret::run(cmd).await),
         Command::Path { name } => {
             // A path has slashes (or is the root); an FQN has colons.
             let looks_like_path = name.contains('/') || name == crate::path::ROOT;

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod bootstrap;
 pub mod check;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod error;

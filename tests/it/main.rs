@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod bench_smoke;
 mod check;
+mod client;
 mod common;
 mod config;
 mod contract;
