@@ -248,7 +248,22 @@ pub async fn existing_master_key(
     file: Option<&Path>,
     data_dir: Option<&Path>,
 ) -> Result<MasterKey, BootError> {
-    let master = match (env_key, file) {
+    let master = given_master_key(env_key, file, data_dir)?;
+    let stored = store.data_keys().await?;
+    if !stored.is_empty() {
+        Keyring::unwrap_all(&master, &stored)?;
+    }
+    Ok(master)
+}
+
+/// The master key from `SECRETD_MASTER_KEY`, `file`, or
+/// `<data_dir>/master.key`, in that order (never generated, not checked).
+pub fn given_master_key(
+    env_key: Option<&SecretString>,
+    file: Option<&Path>,
+    data_dir: Option<&Path>,
+) -> Result<MasterKey, BootError> {
+    Ok(match (env_key, file) {
         (Some(k), _) => MasterKey::from_base64(k.expose()).map_err(|_| {
             BootError::MasterKey("SECRETD_MASTER_KEY does not hold a 32-byte base64 key".into())
         })?,
@@ -265,12 +280,7 @@ pub async fn existing_master_key(
             };
             read_key_file(&path)?
         }
-    };
-    let stored = store.data_keys().await?;
-    if !stored.is_empty() {
-        Keyring::unwrap_all(&master, &stored)?;
-    }
-    Ok(master)
+    })
 }
 
 /// Reads a base64 master key file.

@@ -74,6 +74,12 @@ pub enum Command {
     /// Inspect the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Write a consistent snapshot of the store to a file while the server
+    /// keeps serving (values stay encrypted; restores into either backend).
+    Backup(BackupArgs),
+    /// Restore a backup file into an empty store (embedded or PostgreSQL),
+    /// after checking its checksum and that the master key opens it.
+    Restore(RestoreArgs),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -587,6 +593,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(cmd) => audit(cmd).await,
         Command::Secret(cmd) => Ok(crate::client::secret::run(cmd).await),
+        Command::Backup(args) => backup(args).await,
+        Command::Restore(args) => restore(args).await,
         Command::Path { name } => {
             // A path has slashes (or is the root); an FQN has colons.
             let looks_like_path = name.contains('/') || name == crate::path::ROOT;
@@ -743,6 +751,165 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     println!(
         "copied {secrets} secrets, {versions} versions ({live} live, {} deleted), {keys} data keys from {from} to {to}\nverified: counts match, sha256 {sum}",
         versions - live
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    /// The backup file to write (created 0600; refuses to overwrite).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Overwrite --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not check that the master key opens the store (for a host that
+    /// does not hold it); the backup is then unverified.
+    #[arg(long)]
+    pub no_verify: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The backup file to read.
+    #[arg(long)]
+    pub from: std::path::PathBuf,
+    /// Overwrite a target that already holds data (everything in it is deleted first).
+    #[arg(long)]
+    pub replace: bool,
+    /// The target: --data-dir (created if missing) or --database-url.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+fn backend_name(loc: &Location) -> &'static str {
+    match loc {
+        Location::DataDir(_) => "sqlite",
+        Location::Database(_) => "postgres",
+    }
+}
+
+async fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    if args.out.exists() && !args.force {
+        anyhow::bail!(
+            "{} exists; pass --force to overwrite it",
+            args.out.display()
+        );
+    }
+    let loc = args.store.location();
+    let (store, master) = if args.no_verify {
+        let store = bootstrap::open_existing_store(&loc, &args.store.db.settings())
+            .await
+            .with_context(|| format!("opening {loc}"))?;
+        (store, None)
+    } else {
+        let (store, master) = open_with_master(&args.store, &args.keys).await?;
+        (store, Some(master))
+    };
+    let dump = store
+        .export()
+        .await
+        .with_context(|| format!("reading {loc}"))?;
+    if let Some(m) = &master {
+        crate::backup::check_master_key(&dump, m)?;
+    }
+    let dir = match args.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    // A temp file (0600) next to the target, synced, then renamed into place.
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    let header = {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        let h = crate::backup::write(&mut w, &dump, backend_name(&loc))
+            .context("writing the backup")?;
+        w.flush()?;
+        h
+    };
+    tmp.as_file().sync_all()?;
+    if args.force {
+        tmp.persist(&args.out).map_err(|e| e.error)
+    } else {
+        tmp.persist_noclobber(&args.out).map_err(|e| e.error)
+    }
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    println!(
+        "backed up {} from {loc} to {}\nsha256 {}{}",
+        header.counts,
+        args.out.display(),
+        header.dump_sha256,
+        if master.is_some() {
+            "; the master key opens it (keep the key separately: the backup is useless without it)"
+        } else {
+            "; not verified against the master key (--no-verify)"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    // Everything is checked before the target is even opened.
+    let file = std::fs::File::open(&args.from)
+        .with_context(|| format!("opening {}", args.from.display()))?;
+    let (header, dump) = crate::backup::read(std::io::BufReader::new(file))
+        .with_context(|| format!("reading {}", args.from.display()))?;
+    let loc = args.store.location();
+    let env_key = std::env::var("SECRETD_MASTER_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .map(crate::config::SecretString::new);
+    let data_dir = match &loc {
+        Location::DataDir(d) => Some(d.as_path()),
+        Location::Database(_) => None,
+    };
+    if env_key.is_none()
+        && args.keys.master_key_file.is_none()
+        && !data_dir.is_some_and(|d| d.join(bootstrap::MASTER_KEY_FILE).exists())
+    {
+        anyhow::bail!(
+            "restore needs the master key the backup was made under: set SECRETD_MASTER_KEY or --master-key-file"
+        );
+    }
+    let master = bootstrap::given_master_key(
+        env_key.as_ref(),
+        args.keys.master_key_file.as_deref(),
+        data_dir,
+    )
+    .context("loading the master key")?;
+    crate::backup::check_master_key(&dump, &master)?;
+    let target = bootstrap::open_store(&loc, &args.store.db.settings())
+        .await
+        .with_context(|| format!("opening the target {loc}"))?;
+    target
+        .import(dump, args.replace)
+        .await
+        .with_context(|| format!("writing the target {loc}"))?;
+    let copied = target.export().await.context("reading the restore back")?;
+    let counts = crate::backup::Counts::of(&copied);
+    let sum = copied.checksum();
+    anyhow::ensure!(
+        counts == header.counts && sum == header.dump_sha256,
+        "verification failed: the target holds {counts} (sha256 {sum}); the backup holds {} (sha256 {})",
+        header.counts,
+        header.dump_sha256
+    );
+    println!(
+        "restored {counts} into {loc} (backup of a {} store taken {} by secretd {})\nverified: counts match, sha256 {sum}",
+        header.source, header.created_at, header.secretd_version
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod backup;
 pub mod bootstrap;
 pub mod check;
 pub mod cli;

@@ -644,7 +644,17 @@ fn import_rows(c: &Connection, dump: &Dump, replace: bool) -> Result<(), StoreEr
     Ok(())
 }
 
+/// Every row, read inside ONE deferred read transaction: the first SELECT
+/// pins a WAL snapshot, so the dump is consistent while the writer commits
+/// (a backup taken from a live server).
 fn export_rows(c: &Connection) -> Result<Dump, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let d = export_rows_in(&tx)?;
+    tx.commit()?;
+    Ok(d)
+}
+
+fn export_rows_in(c: &Connection) -> Result<Dump, StoreError> {
     let mut d = Dump::default();
     let mut st = c.prepare("SELECT path, last_version, created_at, updated_at FROM secrets")?;
     for r in st.query_map([], |r| {

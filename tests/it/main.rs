@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod backup;
 mod bad_input;
 mod bench_smoke;
 mod check;
