@@ -11,7 +11,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::path::Version;
 
 /// The fields of a `/secrets` request body; each is checked for its type
@@ -42,7 +42,7 @@ impl Drop for SecretBody {
 
 fn too_large(max: usize) -> Error {
     Error::TooLarge {
-        code: "body_too_large",
+        code: ErrorCode::BodyTooLarge,
         message: format!("request body is larger than {max} bytes"),
     }
 }
@@ -79,7 +79,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(max)),
         Err(_) => {
             return Err(Error::bad_request(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 "could not read the request body",
             ));
         }
@@ -95,7 +95,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::bad_request(
-            "invalid_json",
+            ErrorCode::InvalidJson,
             "request body is empty; send a JSON object",
         ));
     }
@@ -107,15 +107,15 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
                 for field in ["path", "value", "version", "name", "role", "scopes", "ttl"] {
                     if msg.starts_with(&format!("duplicate field `{field}`")) {
                         return Error::bad_request(
-                            "invalid_json",
+                            ErrorCode::InvalidJson,
                             format!("duplicate field `{field}`"),
                         );
                     }
                 }
-                Error::bad_request("invalid_json", "request body must be a JSON object")
+                Error::bad_request(ErrorCode::InvalidJson, "request body must be a JSON object")
             }
             Category::Io | Category::Syntax | Category::Eof => Error::bad_request(
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!(
                     "request body is not valid JSON (line {}, column {})",
                     e.line(),
@@ -134,11 +134,11 @@ pub fn required_string(
     match field {
         Some(Value::String(s)) => Ok(Zeroizing::new(s)),
         None => Err(Error::bad_request(
-            "missing_field",
+            ErrorCode::MissingField,
             format!("field `{name}` is required"),
         )),
         Some(_) => Err(Error::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("field `{name}` must be a string"),
         )),
     }
@@ -166,13 +166,13 @@ pub struct TokenBody {
 pub fn required_strings(field: Option<Value>, name: &'static str) -> Result<Vec<String>, Error> {
     let bad = || {
         Error::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("field `{name}` must be an array of strings"),
         )
     };
     match field {
         None => Err(Error::bad_request(
-            "missing_field",
+            ErrorCode::MissingField,
             format!("field `{name}` is required"),
         )),
         Some(Value::Array(items)) => items
@@ -209,7 +209,7 @@ fn flag(v: Option<String>, name: &str) -> Result<bool, Error> {
         None | Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") => Ok(true),
         Some(_) => Err(Error::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("query parameter `{name}` must be true or false"),
         )),
     }
@@ -234,7 +234,7 @@ impl SecretQuery {
             };
             if vals[i].is_some() {
                 return Err(Error::bad_request(
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     format!("query parameter `{}` is given more than once", NAMES[i]),
                 ));
             }
@@ -242,7 +242,10 @@ impl SecretQuery {
         }
         let [path, version, list, metadata, limit, cursor] = vals;
         let path = path.ok_or_else(|| {
-            Error::bad_request("missing_parameter", "query parameter `path` is required")
+            Error::bad_request(
+                ErrorCode::MissingParameter,
+                "query parameter `path` is required",
+            )
         })?;
         let version = version.as_deref().map(Version::parse).transpose()?;
         let kind = match (flag(list, "list")?, flag(metadata, "metadata")?) {
@@ -251,14 +254,14 @@ impl SecretQuery {
             (false, true) => ReadKind::Metadata,
             (true, true) => {
                 return Err(Error::bad_request(
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     "`list` and `metadata` cannot be combined",
                 ));
             }
         };
         if kind != ReadKind::Value && version.is_some() {
             return Err(Error::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 "`version` cannot be combined with `list` or `metadata`",
             ));
         }
@@ -266,7 +269,7 @@ impl SecretQuery {
             .map(|l| match l.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
                 _ => Err(Error::bad_request(
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     format!("`limit` must be 1 to {MAX_LIST_LIMIT}"),
                 )),
             })

@@ -19,7 +19,7 @@ use super::body::{
 };
 use super::middleware::{Audited, Ctx};
 use crate::authz::{Role, Scope};
-use crate::error::{Error, json_response};
+use crate::error::{Error, ErrorCode, json_response};
 use crate::path::{PathArg, PathError, ROOT, SecretPath};
 use crate::service::TokenInfo;
 
@@ -113,7 +113,10 @@ async fn list(
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
                 .ok_or_else(|| {
-                    Error::bad_request("invalid_cursor", "`cursor` is not one this server issued")
+                    Error::bad_request(
+                        ErrorCode::InvalidCursor,
+                        "`cursor` is not one this server issued",
+                    )
                 })
         })
         .transpose()?;
@@ -251,7 +254,7 @@ pub async fn create_token(
     );
     let role: Role = required_string(b.role, "role")?
         .parse()
-        .map_err(|m: String| Error::bad_request("invalid_field", m))?;
+        .map_err(|m: String| Error::bad_request(ErrorCode::InvalidField, m))?;
     let scopes = required_strings(b.scopes, "scopes")?
         .iter()
         .map(|s| Scope::parse(s))
@@ -260,13 +263,13 @@ pub async fn create_token(
         None | Some(Value::Null) => None,
         Some(Value::String(t)) => Some(humantime::parse_duration(&t).map_err(|_| {
             Error::bad_request(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "field `ttl` must be a duration such as 30d or 12h",
             )
         })?),
         Some(_) => {
             return Err(Error::bad_request(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "field `ttl` must be a duration such as 30d or 12h",
             ));
         }
