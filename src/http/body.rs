@@ -14,29 +14,52 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::error::{Error, ErrorCode};
 use crate::path::Version;
 
-/// The fields of a `/secrets` request body; each is checked for its type
-/// by the handler that needs it. Unknown fields are ignored, duplicates are
-/// refused.
-#[derive(Deserialize)]
-pub struct SecretBody {
+/// The body of `PUT /secrets`; each field is checked for its type by the
+/// handler. Unknown fields are ignored, duplicates are refused. Also the
+/// request schema of the API description.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct PutBody {
+    /// The secret's path, `tfy-secret/...`.
+    #[schema(value_type = String, required = true, example = "tfy-secret/acme/db")]
     pub path: Option<Value>,
+    /// The value to store as a new version.
+    #[schema(value_type = String, required = true, example = "s3cr3t")]
     pub value: Option<Value>,
-    /// Raw JSON text, so numbers are read from their literal digits.
+}
+
+/// The body of `DELETE /secrets`: without `version`, every version of the
+/// secret is deleted. Unknown fields are ignored, duplicates are refused.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct DeleteBody {
+    /// The secret's path, `tfy-secret/...`.
+    #[schema(value_type = String, required = true, example = "tfy-secret/acme/db")]
+    pub path: Option<Value>,
+    /// One version to delete: a positive integer, also accepted as a numeric
+    /// string; `null` or absent deletes every version.
+    // Raw JSON text, so numbers are read from their literal digits.
+    #[schema(value_type = Option<u64>, minimum = 1, example = 2)]
     pub version: Option<Box<RawValue>>,
 }
 
-impl Drop for SecretBody {
-    /// Wipes any string not taken out (e.g. the value of a request refused
-    /// for its path).
-    fn drop(&mut self) {
-        for v in [self.path.as_mut(), self.value.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            if let Value::String(s) = v {
-                s.zeroize();
-            }
+/// Wipes any string not taken out (e.g. the value of a request refused for
+/// its path).
+fn wipe(fields: [Option<&mut Value>; 2]) {
+    for v in fields.into_iter().flatten() {
+        if let Value::String(s) = v {
+            s.zeroize();
         }
+    }
+}
+
+impl Drop for PutBody {
+    fn drop(&mut self) {
+        wipe([self.path.as_mut(), self.value.as_mut()]);
+    }
+}
+
+impl Drop for DeleteBody {
+    fn drop(&mut self) {
+        wipe([self.path.as_mut(), None]);
     }
 }
 
@@ -153,12 +176,21 @@ pub fn optional_version(field: Option<&RawValue>) -> Result<Option<Version>, Err
     }
 }
 
-/// The body of `POST /v1/tokens`.
-#[derive(Deserialize)]
+/// The body of `POST /v1/tokens`; each field is checked by the handler.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct TokenBody {
+    /// 1-64 characters of `A-Z a-z 0-9 - _ . @`, not starting with `tok_`;
+    /// unique among live tokens.
+    #[schema(value_type = String, required = true, example = "ci-acme")]
     pub name: Option<Value>,
+    #[schema(value_type = crate::authz::Role, required = true)]
     pub role: Option<Value>,
+    /// Path prefixes of whole segments; `tfy-secret` alone is everything.
+    /// Must lie within the caller's own scopes.
+    #[schema(value_type = Vec<String>, required = true, example = json!(["tfy-secret/acme"]))]
     pub scopes: Option<Value>,
+    /// Lifetime such as `30d` or `12h`; absent or `null`: no expiry.
+    #[schema(value_type = Option<String>, example = "30d")]
     pub ttl: Option<Value>,
 }
 
@@ -219,11 +251,16 @@ fn flag(v: Option<String>, name: &str) -> Result<bool, Error> {
 pub const MAX_LIST_LIMIT: usize = 1000;
 
 impl SecretQuery {
+    /// The parameters read (documented on `handlers::get_secret`; a test
+    /// checks the two lists agree).
+    pub const PARAMS: [&'static str; 6] =
+        ["path", "version", "list", "metadata", "limit", "cursor"];
+
     /// Parses `path` (required), `version`, `list`, `metadata`, `limit` and
     /// `cursor`; any of them given twice is refused. Other parameters are
     /// ignored (an API key there is never read).
     pub fn parse(raw: Option<&str>) -> Result<Self, Error> {
-        const NAMES: [&str; 6] = ["path", "version", "list", "metadata", "limit", "cursor"];
+        const NAMES: [&str; 6] = SecretQuery::PARAMS;
         let mut vals: [Option<String>; 6] = Default::default();
         // RFC 3986 query: `+` is a literal plus (a valid path character),
         // not a space as in HTML forms.

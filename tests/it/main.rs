@@ -9,6 +9,7 @@ mod check;
 mod common;
 mod contract;
 mod groups;
+mod openapi;
 mod outage;
 mod postgres;
 mod process;
