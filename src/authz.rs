@@ -12,7 +12,9 @@ use std::str::FromStr;
 
 use crate::path::{PathArg, PathError, ROOT, SecretPath};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// What a token may do (see docs/access.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
     Editor,

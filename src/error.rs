@@ -7,7 +7,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::path::{PathError, SecretPath, Version, VersionError};
 use crate::store::StoreError;
@@ -18,9 +18,9 @@ pub enum Error {
     InvalidPath(#[from] PathError),
     #[error("{0}")]
     InvalidVersion(#[from] VersionError),
-    /// Any other malformed request; `code` is a stable machine-readable word.
+    /// Any other malformed request; `code` says which kind.
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ErrorCode, message: String },
     /// `GET` of a secret or version that does not exist or was deleted.
     #[error("{0}")]
     NotFound(String),
@@ -40,7 +40,7 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
     #[error("{message}")]
-    TooLarge { code: &'static str, message: String },
+    TooLarge { code: ErrorCode, message: String },
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     #[error("method not allowed on this route")]
@@ -66,8 +66,97 @@ pub enum Error {
     Internal(String),
 }
 
+/// Every machine-readable `error.code` an answer can carry. The OpenAPI
+/// document's `ErrorCode` enum is derived from this type, so a new code is
+/// documented by being added here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: `path` is not a valid secret path.
+    InvalidPath,
+    /// 400: `version` is not a positive integer.
+    InvalidVersion,
+    /// 400: a query parameter is malformed, repeated or combined wrongly.
+    InvalidQuery,
+    /// 400: a required query parameter is missing.
+    MissingParameter,
+    /// 400: `cursor` is not one this server issued.
+    InvalidCursor,
+    /// 400: the body is empty, not JSON, not an object, or repeats a field.
+    InvalidJson,
+    /// 400: the body could not be read.
+    InvalidBody,
+    /// 400: a required body field is missing.
+    MissingField,
+    /// 400: a body field has the wrong type or an invalid value.
+    InvalidField,
+    /// 404 on reads (no such secret, version or token); 400 on DELETE of
+    /// something that does not exist or is already deleted.
+    NotFound,
+    /// 401: no credential, or one that is unknown, expired or revoked.
+    Unauthorized,
+    /// 403: the credential's role or scope does not allow the request.
+    Forbidden,
+    /// 429: too many failed authentications from this address.
+    RateLimited,
+    /// 409: the name is already taken.
+    Conflict,
+    /// 413: the request body is over the server's limit.
+    BodyTooLarge,
+    /// 413: the secret value is over the server's limit.
+    ValueTooLarge,
+    /// 415: the body's Content-Type is not `application/json`.
+    UnsupportedMediaType,
+    /// 405: the route exists but not with this method (see `Allow`).
+    MethodNotAllowed,
+    /// 404: no such route.
+    RouteNotFound,
+    /// 500: a stored value failed its integrity check and was not served.
+    Corrupt,
+    /// 503: the store (or the audit log) is unavailable; retry.
+    Unavailable,
+    /// 408: the request body did not arrive within the body timeout.
+    RequestTimeout,
+    /// 503: the request took longer than the request timeout; retry.
+    Timeout,
+    /// 500: an unexpected error, logged on the server.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidPath => "invalid_path",
+            ErrorCode::InvalidVersion => "invalid_version",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::MissingParameter => "missing_parameter",
+            ErrorCode::InvalidCursor => "invalid_cursor",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::ValueTooLarge => "value_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RouteNotFound => "route_not_found",
+            ErrorCode::Corrupt => "corrupt",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
 impl Error {
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Error::BadRequest {
             code,
             message: message.into(),
@@ -94,24 +183,24 @@ impl Error {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Error::InvalidPath(_) => "invalid_path",
-            Error::InvalidVersion(_) => "invalid_version",
-            Error::BadRequest { code, .. } | Error::TooLarge { code, .. } => code,
-            Error::NotFound(_) | Error::NothingToDelete(_) => "not_found",
-            Error::Unauthorized => "unauthorized",
-            Error::Forbidden(_) => "forbidden",
-            Error::RateLimited { .. } => "rate_limited",
-            Error::Conflict(_) => "conflict",
-            Error::UnsupportedMediaType => "unsupported_media_type",
-            Error::MethodNotAllowed => "method_not_allowed",
-            Error::RouteNotFound => "route_not_found",
-            Error::Corrupt { .. } => "corrupt",
-            Error::Unavailable(_) => "unavailable",
-            Error::BodyTimeout => "request_timeout",
-            Error::Timeout => "timeout",
-            Error::Internal(_) => "internal",
+            Error::InvalidPath(_) => ErrorCode::InvalidPath,
+            Error::InvalidVersion(_) => ErrorCode::InvalidVersion,
+            Error::BadRequest { code, .. } | Error::TooLarge { code, .. } => *code,
+            Error::NotFound(_) | Error::NothingToDelete(_) => ErrorCode::NotFound,
+            Error::Unauthorized => ErrorCode::Unauthorized,
+            Error::Forbidden(_) => ErrorCode::Forbidden,
+            Error::RateLimited { .. } => ErrorCode::RateLimited,
+            Error::Conflict(_) => ErrorCode::Conflict,
+            Error::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            Error::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Error::RouteNotFound => ErrorCode::RouteNotFound,
+            Error::Corrupt { .. } => ErrorCode::Corrupt,
+            Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::BodyTimeout => ErrorCode::RequestTimeout,
+            Error::Timeout => ErrorCode::Timeout,
+            Error::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -131,15 +220,18 @@ impl From<StoreError> for Error {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// The body of every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: String,
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// For people; never echoes the request's input.
+    pub message: String,
 }
 
 impl IntoResponse for Error {
@@ -159,8 +251,8 @@ impl IntoResponse for Error {
             Error::Unavailable(d) => tracing::warn!(detail = %d, "store unavailable"),
             _ => {}
         }
-        let body = Body {
-            error: Detail {
+        let body = ErrorBody {
+            error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
             },

@@ -17,7 +17,7 @@ use crate::audit::AuditRecord;
 use crate::auth::KeyHash;
 use crate::authz::{Action, Denied, Principal, Role, Scope};
 use crate::crypto::{Keyring, MasterKey, random_bytes};
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::path::{PathArg, SecretPath, Version};
 use crate::store::{ListItem, PutMode, Store, StoreError, TokenRow, VersionMeta, WriteCtx, now_ms};
 
@@ -377,7 +377,7 @@ impl Service {
         };
         if value.len() > self.limits.max_value_bytes {
             return Err(Error::TooLarge {
-                code: "value_too_large",
+                code: ErrorCode::ValueTooLarge,
                 message: format!("value is larger than {} bytes", self.limits.max_value_bytes),
             });
         }
@@ -866,7 +866,7 @@ fn validate_token_name(name: &str) -> Result<(), Error> {
     if name.starts_with("tok_") {
         // Ids look like that: a name must never be mistaken for one.
         return Err(Error::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             "token names must not start with tok_",
         ));
     }
@@ -879,7 +879,7 @@ fn validate_token_name(name: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             "token name must be 1-64 characters of A-Z a-z 0-9 - _ . @",
         ))
     }

@@ -11,38 +11,61 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::path::Version;
 
-/// The fields of a `/secrets` request body; each is checked for its type
-/// by the handler that needs it. Unknown fields are ignored, duplicates are
-/// refused.
-#[derive(Deserialize)]
-pub struct SecretBody {
+/// The body of `PUT /secrets`; each field is checked for its type by the
+/// handler. Unknown fields are ignored, duplicates are refused. Also the
+/// request schema of the API description.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct PutBody {
+    /// The secret's path, `tfy-secret/...`.
+    #[schema(value_type = String, required = true, example = "tfy-secret/acme/db")]
     pub path: Option<Value>,
+    /// The value to store as a new version.
+    #[schema(value_type = String, required = true, example = "s3cr3t")]
     pub value: Option<Value>,
-    /// Raw JSON text, so numbers are read from their literal digits.
+}
+
+/// The body of `DELETE /secrets`: without `version`, every version of the
+/// secret is deleted. Unknown fields are ignored, duplicates are refused.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct DeleteBody {
+    /// The secret's path, `tfy-secret/...`.
+    #[schema(value_type = String, required = true, example = "tfy-secret/acme/db")]
+    pub path: Option<Value>,
+    /// One version to delete: a positive integer, also accepted as a numeric
+    /// string; `null` or absent deletes every version.
+    // Raw JSON text, so numbers are read from their literal digits.
+    #[schema(value_type = Option<u64>, minimum = 1, example = 2)]
     pub version: Option<Box<RawValue>>,
 }
 
-impl Drop for SecretBody {
-    /// Wipes any string not taken out (e.g. the value of a request refused
-    /// for its path).
-    fn drop(&mut self) {
-        for v in [self.path.as_mut(), self.value.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            if let Value::String(s) = v {
-                s.zeroize();
-            }
+/// Wipes any string not taken out (e.g. the value of a request refused for
+/// its path).
+fn wipe(fields: [Option<&mut Value>; 2]) {
+    for v in fields.into_iter().flatten() {
+        if let Value::String(s) = v {
+            s.zeroize();
         }
+    }
+}
+
+impl Drop for PutBody {
+    fn drop(&mut self) {
+        wipe([self.path.as_mut(), self.value.as_mut()]);
+    }
+}
+
+impl Drop for DeleteBody {
+    fn drop(&mut self) {
+        wipe([self.path.as_mut(), None]);
     }
 }
 
 fn too_large(max: usize) -> Error {
     Error::TooLarge {
-        code: "body_too_large",
+        code: ErrorCode::BodyTooLarge,
         message: format!("request body is larger than {max} bytes"),
     }
 }
@@ -84,7 +107,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(max)),
         Err(_) => {
             return Err(Error::bad_request(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 "could not read the request body",
             ));
         }
@@ -100,7 +123,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::bad_request(
-            "invalid_json",
+            ErrorCode::InvalidJson,
             "request body is empty; send a JSON object",
         ));
     }
@@ -112,15 +135,15 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
                 for field in ["path", "value", "version", "name", "role", "scopes", "ttl"] {
                     if msg.starts_with(&format!("duplicate field `{field}`")) {
                         return Error::bad_request(
-                            "invalid_json",
+                            ErrorCode::InvalidJson,
                             format!("duplicate field `{field}`"),
                         );
                     }
                 }
-                Error::bad_request("invalid_json", "request body must be a JSON object")
+                Error::bad_request(ErrorCode::InvalidJson, "request body must be a JSON object")
             }
             Category::Io | Category::Syntax | Category::Eof => Error::bad_request(
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!(
                     "request body is not valid JSON (line {}, column {})",
                     e.line(),
@@ -139,11 +162,11 @@ pub fn required_string(
     match field {
         Some(Value::String(s)) => Ok(Zeroizing::new(s)),
         None => Err(Error::bad_request(
-            "missing_field",
+            ErrorCode::MissingField,
             format!("field `{name}` is required"),
         )),
         Some(_) => Err(Error::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("field `{name}` must be a string"),
         )),
     }
@@ -158,12 +181,21 @@ pub fn optional_version(field: Option<&RawValue>) -> Result<Option<Version>, Err
     }
 }
 
-/// The body of `POST /v1/tokens`.
-#[derive(Deserialize)]
+/// The body of `POST /v1/tokens`; each field is checked by the handler.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct TokenBody {
+    /// 1-64 characters of `A-Z a-z 0-9 - _ . @`, not starting with `tok_`;
+    /// unique among live tokens.
+    #[schema(value_type = String, required = true, example = "ci-acme")]
     pub name: Option<Value>,
+    #[schema(value_type = crate::authz::Role, required = true)]
     pub role: Option<Value>,
+    /// Path prefixes of whole segments; `tfy-secret` alone is everything.
+    /// Must lie within the caller's own scopes.
+    #[schema(value_type = Vec<String>, required = true, example = json!(["tfy-secret/acme"]))]
     pub scopes: Option<Value>,
+    /// Lifetime such as `30d` or `12h`; absent or `null`: no expiry.
+    #[schema(value_type = Option<String>, example = "30d")]
     pub ttl: Option<Value>,
 }
 
@@ -171,13 +203,13 @@ pub struct TokenBody {
 pub fn required_strings(field: Option<Value>, name: &'static str) -> Result<Vec<String>, Error> {
     let bad = || {
         Error::bad_request(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("field `{name}` must be an array of strings"),
         )
     };
     match field {
         None => Err(Error::bad_request(
-            "missing_field",
+            ErrorCode::MissingField,
             format!("field `{name}` is required"),
         )),
         Some(Value::Array(items)) => items
@@ -214,7 +246,7 @@ fn flag(v: Option<String>, name: &str) -> Result<bool, Error> {
         None | Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") => Ok(true),
         Some(_) => Err(Error::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("query parameter `{name}` must be true or false"),
         )),
     }
@@ -224,11 +256,16 @@ fn flag(v: Option<String>, name: &str) -> Result<bool, Error> {
 pub const MAX_LIST_LIMIT: usize = 1000;
 
 impl SecretQuery {
+    /// The parameters read (documented on `handlers::get_secret`; a test
+    /// checks the two lists agree).
+    pub const PARAMS: [&'static str; 6] =
+        ["path", "version", "list", "metadata", "limit", "cursor"];
+
     /// Parses `path` (required), `version`, `list`, `metadata`, `limit` and
     /// `cursor`; any of them given twice is refused. Other parameters are
     /// ignored (an API key there is never read).
     pub fn parse(raw: Option<&str>) -> Result<Self, Error> {
-        const NAMES: [&str; 6] = ["path", "version", "list", "metadata", "limit", "cursor"];
+        const NAMES: [&str; 6] = SecretQuery::PARAMS;
         let mut vals: [Option<String>; 6] = Default::default();
         // RFC 3986 query: `+` is a literal plus (a valid path character),
         // not a space as in HTML forms.
@@ -239,7 +276,7 @@ impl SecretQuery {
             };
             if vals[i].is_some() {
                 return Err(Error::bad_request(
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     format!("query parameter `{}` is given more than once", NAMES[i]),
                 ));
             }
@@ -247,7 +284,10 @@ impl SecretQuery {
         }
         let [path, version, list, metadata, limit, cursor] = vals;
         let path = path.ok_or_else(|| {
-            Error::bad_request("missing_parameter", "query parameter `path` is required")
+            Error::bad_request(
+                ErrorCode::MissingParameter,
+                "query parameter `path` is required",
+            )
         })?;
         let version = version.as_deref().map(Version::parse).transpose()?;
         let kind = match (flag(list, "list")?, flag(metadata, "metadata")?) {
@@ -256,14 +296,14 @@ impl SecretQuery {
             (false, true) => ReadKind::Metadata,
             (true, true) => {
                 return Err(Error::bad_request(
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     "`list` and `metadata` cannot be combined",
                 ));
             }
         };
         if kind != ReadKind::Value && version.is_some() {
             return Err(Error::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 "`version` cannot be combined with `list` or `metadata`",
             ));
         }
@@ -271,7 +311,7 @@ impl SecretQuery {
             .map(|l| match l.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
                 _ => Err(Error::bad_request(
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     format!("`limit` must be 1 to {MAX_LIST_LIMIT}"),
                 )),
             })

@@ -7,6 +7,7 @@
 mod body;
 mod handlers;
 mod middleware;
+pub mod openapi;
 pub mod ratelimit;
 
 use std::future::Future;
@@ -14,8 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{MethodRouter, delete, get};
 use tokio::net::TcpListener;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt as _};
+use utoipa_axum::routes;
 
 use crate::auth::ApiKeys;
 use crate::service::Service;
@@ -39,58 +41,14 @@ pub struct AppState {
     pub public_metrics: bool,
 }
 
-/// The one route table.
+/// The served router: the route table plus the 404 fallback, the
+/// `/openapi.json` document built from that same table, and the request log
+/// around everything.
 pub fn router(state: AppState) -> Router {
-    // Inner to outer: the request deadline, authenticate, then audit (so
-    // 401s, 429s and timeouts are audited).
-    let api = |r: MethodRouter<AppState>| {
-        r.layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::authenticate,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::audit,
-        ))
-    };
-    let not_allowed =
-        |allow: &'static str| move || async move { handlers::method_not_allowed(allow) };
-    Router::new()
-        .route(
-            "/secrets",
-            api(get(handlers::get_secret)
-                .put(handlers::put_secret)
-                .delete(handlers::delete_secret)
-                .fallback(not_allowed("GET, PUT, DELETE"))),
-        )
-        .route(
-            "/v1/tokens",
-            api(get(handlers::list_tokens)
-                .post(handlers::create_token)
-                .fallback(not_allowed("GET, POST"))),
-        )
-        .route(
-            "/v1/tokens/{id}",
-            api(delete(handlers::revoke_token).fallback(not_allowed("DELETE"))),
-        )
-        .route(
-            "/healthz",
-            get(handlers::healthz).fallback(not_allowed("GET")),
-        )
-        .route(
-            "/readyz",
-            get(handlers::readyz).fallback(not_allowed("GET")),
-        )
-        .merge(if state.public_metrics {
-            metrics_routes()
-        } else {
-            Router::new()
-        })
+    let (routes, doc) = api(&state).split_for_parts();
+    routes
         .fallback(handlers::route_not_found)
+        .layer(axum::Extension(openapi::Document::new(doc)))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_log,
@@ -98,16 +56,65 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn metrics_routes() -> Router<AppState> {
-    Router::new().route(
-        "/metrics",
-        get(handlers::metrics).fallback(|| async { handlers::method_not_allowed("GET") }),
-    )
+/// The one route table. Each `routes!` line registers the handlers of one
+/// path; the methods, the path and the OpenAPI operation all come from the
+/// handlers' `#[utoipa::path]`, so the router and `GET /openapi.json` cannot
+/// disagree. Every route answers other methods with 405 and an `Allow`
+/// header computed from the same registration.
+pub fn api(state: &AppState) -> OpenApiRouter<AppState> {
+    // Inner to outer: the 405 fallback, the request deadline, authenticate,
+    // then audit (so 401s, 429s, 405s and timeouts are audited).
+    let protected = |r: UtoipaMethodRouter<AppState>| {
+        allow_others(r).map(|m| {
+            m.layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                middleware::deadline,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                middleware::authenticate,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                middleware::audit,
+            ))
+        })
+    };
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(protected(routes!(
+            handlers::get_secret,
+            handlers::put_secret,
+            handlers::delete_secret
+        )))
+        .routes(protected(routes!(
+            handlers::list_tokens,
+            handlers::create_token
+        )))
+        .routes(protected(routes!(handlers::revoke_token)))
+        .routes(allow_others(routes!(handlers::healthz)))
+        .routes(allow_others(routes!(handlers::readyz)))
+        .routes(allow_others(routes!(openapi::openapi_json)))
+        .merge(if state.public_metrics {
+            metrics_routes()
+        } else {
+            OpenApiRouter::default()
+        })
+}
+
+/// Adds the 405 fallback, its `Allow` header listing the methods registered
+/// (and documented) for the path.
+fn allow_others(r: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {
+    let allow = openapi::allow_header(&r.1);
+    r.map(|m| m.fallback(move || async move { handlers::method_not_allowed(allow) }))
+}
+
+fn metrics_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(allow_others(routes!(handlers::metrics)))
 }
 
 /// The router of the separate metrics listener (`--metrics-listen`).
 pub fn metrics_router(state: AppState) -> Router {
-    metrics_routes().with_state(state)
+    Router::from(metrics_routes()).with_state(state)
 }
 
 /// Limits of the transport, against slow and greedy clients, and TLS.

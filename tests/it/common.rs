@@ -329,7 +329,7 @@ impl TestServer {
                 10_000,
             )),
             metrics: std::sync::Arc::default(),
-            public_metrics: true,
+            public_metrics: cfg.metrics_listen.is_none(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(secretd::http::serve(listener, state, async move {

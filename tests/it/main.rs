@@ -12,6 +12,7 @@ mod common;
 mod config;
 mod contract;
 mod groups;
+mod openapi;
 mod outage;
 mod postgres;
 mod process;
