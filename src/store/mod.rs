@@ -13,6 +13,7 @@
 //!   never reused, also after deleting one version or all of them;
 //! * deleting a version destroys its envelope and keeps created/deleted times.
 
+pub mod cache;
 pub mod postgres;
 pub mod sqlite;
 
@@ -63,7 +64,7 @@ pub enum StoreError {
 }
 
 /// One live version as stored.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StoredVersion {
     pub version: Version,
     pub envelope: Vec<u8>,

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::cache::ReadCache;
 use super::{
     BoxFuture, Dump, KeyRow, ListItem, PutMode, Sealer, SecretRow, Store, StoreError,
     StoredVersion, TokenRow, VersionMeta, VersionRow, WriteCtx, db_version, now_ms,
@@ -55,6 +56,16 @@ struct WriteJob {
     /// and refusals are not: a batch of nothing else commits without an
     /// fsync, and the next durable commit syncs them with it.
     needs_sync: bool,
+    /// What the read cache must forget once this job's batch has ended
+    /// (committed or not), before it is answered.
+    invalidates: Invalidate,
+}
+
+/// Read-cache entries a write makes stale.
+enum Invalidate {
+    Nothing,
+    Path(Box<str>),
+    All,
 }
 
 type RunJob = Box<dyn FnOnce(Option<&Connection>) -> Answer + Send>;
@@ -103,7 +114,12 @@ pub struct SqliteStore {
     commits: Arc<AtomicU64>,
     readers: Arc<Mutex<Vec<Connection>>>,
     db_path: PathBuf,
+    /// Envelopes of recent point reads; the writer keeps it current.
+    cache: Arc<ReadCache>,
 }
+
+/// Bytes of envelopes the read cache may hold.
+const READ_CACHE_BYTES: usize = 64 << 20;
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -208,9 +224,11 @@ impl SqliteStore {
         let (tx, rx) = mpsc::unbounded_channel();
         let commits = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&commits);
+        let cache = Arc::new(ReadCache::new(READ_CACHE_BYTES));
+        let writer_cache = Arc::clone(&cache);
         std::thread::Builder::new()
             .name("secretd-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, &counter))
+            .spawn(move || writer_loop(conn, rx, &counter, &writer_cache))
             .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
         // Warm the reader pool so point reads on async workers never open a
         // connection inline.
@@ -226,6 +244,7 @@ impl SqliteStore {
             commits,
             readers: Arc::new(Mutex::new(warm)),
             db_path: db_path.to_path_buf(),
+            cache,
         })
     }
 
@@ -248,13 +267,25 @@ impl SqliteStore {
         destroys: bool,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.enqueue(destroys, true, f).await
+        self.enqueue(destroys, true, Invalidate::Nothing, f).await
+    }
+
+    /// `write`, for a job that changes what point reads of `path` return.
+    async fn write_path<T: Send + 'static>(
+        &self,
+        destroys: bool,
+        path: &SecretPath,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inv = Invalidate::Path(path.as_str().into());
+        self.enqueue(destroys, true, inv, f).await
     }
 
     async fn enqueue<T: Send + 'static>(
         &self,
         destroys: bool,
         needs_sync: bool,
+        invalidates: Invalidate,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
@@ -270,6 +301,7 @@ impl SqliteStore {
                 run,
                 destroys,
                 needs_sync,
+                invalidates,
             })
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         rx.await
@@ -325,6 +357,7 @@ fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::UnboundedReceiver<WriteJob>,
     commits: &AtomicU64,
+    cache: &ReadCache,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -335,14 +368,29 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if run_batch(&mut conn, &mut batch) {
+        if run_batch(&mut conn, &mut batch, cache) {
             commits.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 /// Applies and commits one batch; true if it committed.
-fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) -> bool {
+fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>, cache: &ReadCache) -> bool {
+    // Whatever happens to the batch, its paths are forgotten before any job
+    // is answered (a failed commit only costs a re-read).
+    let stale: Vec<Invalidate> = batch
+        .iter_mut()
+        .map(|j| std::mem::replace(&mut j.invalidates, Invalidate::Nothing))
+        .collect();
+    let forget = || {
+        for inv in &stale {
+            match inv {
+                Invalidate::Nothing => {}
+                Invalidate::Path(p) => cache.invalidate(p),
+                Invalidate::All => cache.clear(),
+            }
+        }
+    };
     let destroys = batch.iter().any(|j| j.destroys);
     // Set per batch, so a failure to switch back can never leave data
     // writes unsynced.
@@ -353,6 +401,7 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) -> bool {
     };
     if let Err(e) = conn.execute_batch(&format!("PRAGMA synchronous = {sync}")) {
         let err = Err(format!("setting synchronous: {e}"));
+        forget();
         for job in batch.drain(..) {
             (job.run)(None)(&err);
         }
@@ -362,6 +411,7 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) -> bool {
         Ok(tx) => tx,
         Err(e) => {
             let err = Err(e.to_string());
+            forget();
             for job in batch.drain(..) {
                 (job.run)(None)(&err);
             }
@@ -384,6 +434,7 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>) -> bool {
         }
     }
     let ok = commit.is_ok();
+    forget();
     for a in answers {
         a(&commit);
     }
@@ -726,8 +777,11 @@ impl Store for SqliteStore {
         let key = self.key();
         Box::pin(async move {
             let key = key?;
-            self.write(false, move |c| put_row(c, &path, &seal, mode, ctx, &key))
-                .await
+            let p = path.clone();
+            self.write_path(false, &p, move |c| {
+                put_row(c, &path, &seal, mode, ctx, &key)
+            })
+            .await
         })
     }
 
@@ -736,6 +790,10 @@ impl Store for SqliteStore {
         path: &'a SecretPath,
         version: Option<Version>,
     ) -> BoxFuture<'a, Result<Option<StoredVersion>, StoreError>> {
+        let ticket = match self.cache.get(path, version) {
+            Ok(hit) => return Box::pin(std::future::ready(Ok(Some(hit)))),
+            Err(ticket) => ticket,
+        };
         let out = self.read_now(|c| {
             let row: Option<(i64, Vec<u8>, i64)> = c
                 .prepare_cached(
@@ -758,6 +816,9 @@ impl Store for SqliteStore {
             })
             .transpose()
         });
+        if let Ok(Some(row)) = &out {
+            self.cache.insert(ticket, path, version, row);
+        }
         Box::pin(std::future::ready(out))
     }
 
@@ -770,7 +831,8 @@ impl Store for SqliteStore {
         let key = self.key();
         Box::pin(async move {
             let key = key?;
-            self.write(true, move |c| delete_rows(c, &path, version, ctx, &key))
+            let p = path.clone();
+            self.write_path(true, &p, move |c| delete_rows(c, &path, version, ctx, &key))
                 .await
         })
     }
@@ -838,8 +900,10 @@ impl Store for SqliteStore {
         let key = self.key();
         Box::pin(async move {
             let key = key?;
-            self.enqueue(false, false, move |c| append_audit_rows(c, &key, records))
-                .await
+            self.enqueue(false, false, Invalidate::Nothing, move |c| {
+                append_audit_rows(c, &key, records)
+            })
+            .await
         })
     }
 
@@ -1059,7 +1123,9 @@ impl Store for SqliteStore {
     }
 
     fn import(&self, dump: Dump, replace: bool) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.write(true, move |c| import_rows(c, &dump, replace)))
+        Box::pin(self.enqueue(true, true, Invalidate::All, move |c| {
+            import_rows(c, &dump, replace)
+        }))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

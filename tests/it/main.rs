@@ -16,4 +16,5 @@ mod openapi;
 mod outage;
 mod postgres;
 mod process;
+mod read_cache;
 mod tls;
