@@ -15,4 +15,5 @@ mod groups;
 mod outage;
 mod postgres;
 mod process;
+mod rewrap;
 mod tls;
