@@ -202,6 +202,22 @@ pub enum KeyCommand {
     /// Add a data key generation: new writes use it at once on every
     /// replica; older versions stay readable under their generation.
     Rotate {
+        /// Then re-encrypt every live version under the new generation (see `key rewrap`).
+        #[arg(long)]
+        rewrap: bool,
+        #[command(flatten)]
+        opts: RewrapArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Re-encrypt every live version sealed under an older generation with the
+    /// newest data key, in small batches beside running servers. Resumable: run
+    /// it again to finish after an interruption. Old keys are kept.
+    Rewrap {
+        #[command(flatten)]
+        opts: RewrapArgs,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
@@ -253,6 +269,20 @@ pub enum AuditCommand {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// How `key rewrap` walks the store.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RewrapArgs {
+    /// Versions per batch (one short write transaction each).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..=5000))]
+    pub batch: u16,
+    /// Pause between batches, leaving the write lock to the servers (e.g. 10ms, 0s).
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    pub pause: std::time::Duration,
+    /// Stop after this many batches (testing the resume).
+    #[arg(long, hide = true)]
+    pub max_batches: Option<u64>,
 }
 
 /// The master key for commands that only need it to chain or verify audit
@@ -386,7 +416,12 @@ async fn open_with_master(
 
 async fn key(cmd: KeyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        KeyCommand::Rotate { store, keys } => {
+        KeyCommand::Rotate {
+            rewrap,
+            opts,
+            store,
+            keys,
+        } => {
             let (store, master) = open_with_master(&store, &keys).await?;
             loop {
                 let next = store.latest_generation().await? + 1;
@@ -399,6 +434,13 @@ async fn key(cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                 }
                 // Another rotation took this generation: take the next one.
             }
+            if rewrap {
+                return rewrap_store(store.as_ref(), &master, &opts).await;
+            }
+        }
+        KeyCommand::Rewrap { opts, store, keys } => {
+            let (store, master) = open_with_master(&store, &keys).await?;
+            return rewrap_store(store.as_ref(), &master, &opts).await;
         }
         KeyCommand::Rekey {
             new_master_key_file,
@@ -434,6 +476,47 @@ async fn key(cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the rewrap, printing progress and a summary; exit 1 if an envelope
+/// did not open.
+async fn rewrap_store(
+    store: &dyn Store,
+    master: &MasterKey,
+    args: &RewrapArgs,
+) -> anyhow::Result<ExitCode> {
+    let keyring = crate::crypto::Keyring::unwrap_all(master, &store.data_keys().await?)?;
+    let opts = crate::rewrap::Options {
+        batch: usize::from(args.batch),
+        pause: args.pause,
+        max_batches: args.max_batches,
+    };
+    let s = crate::rewrap::run(store, &keyring, &opts, crate::rewrap::printer()).await?;
+    println!("rewrapped {}/{}", s.rewrapped, s.total);
+    if !s.complete {
+        println!(
+            "stopped early: {} version(s) re-encrypted under generation {}; run `secretd key rewrap` to finish",
+            s.rewrapped, s.target
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "done: {} version(s) re-encrypted under generation {}, {} deleted or changed meanwhile (left as they are); \
+         older generations' keys are kept",
+        s.rewrapped, s.target, s.skipped
+    );
+    if !s.failed.is_empty() {
+        for (path, version) in &s.failed {
+            eprintln!(
+                "error: {path} version {version}: the envelope does not open (corrupt); left as it is"
+            );
+        }
+        anyhow::bail!(
+            "{} version(s) could not be re-encrypted (corrupt envelopes, listed above); every other version was",
+            s.failed.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -388,6 +388,21 @@ impl Keyring {
             .map(Zeroizing::new)
             .map_err(|_| CryptoError::Corrupt)
     }
+
+    /// Re-encrypts an envelope of `path`/`version` under the active
+    /// generation (fresh nonce, AAD naming the new generation), for
+    /// `secretd key rewrap`. The plaintext exists only in a zeroizing buffer
+    /// inside this call. [`CryptoError::Corrupt`] if the envelope does not
+    /// open (tampered, or sealed for another path, version or generation).
+    pub fn reseal(
+        &self,
+        path: &SecretPath,
+        version: Version,
+        envelope: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let plain = self.open(path, version, envelope)?;
+        self.seal(path, version, &plain)
+    }
 }
 
 #[cfg(test)]
@@ -441,5 +456,32 @@ mod tests {
         assert!(MasterKey::from_base64("c2hvcnQ=").is_err());
         assert!(MasterKey::from_base64("!!").is_err());
         assert_eq!(format!("{m:?}"), "MasterKey(<redacted>)");
+    }
+
+    #[test]
+    fn reseal_moves_an_envelope_to_the_active_generation() {
+        let m = MasterKey::generate().unwrap();
+        let w1 = Keyring::new_wrapped_key(&m, 1).unwrap();
+        let old = Keyring::unwrap_all(&m, std::slice::from_ref(&w1)).unwrap();
+        let w2 = Keyring::new_wrapped_key(&m, 2).unwrap();
+        let k = Keyring::unwrap_all(&m, &[w1, w2]).unwrap();
+        let p = SecretPath::parse("tfy-secret/a/b").unwrap();
+        let v = Version::new(3).unwrap();
+        let env = old.seal(&p, v, b"hunter2").unwrap();
+        let new = k.reseal(&p, v, &env).unwrap();
+        assert_eq!(Keyring::envelope_generation(&env), Some(1));
+        assert_eq!(Keyring::envelope_generation(&new), Some(2));
+        assert_ne!(env[5..29], new[5..29], "a fresh nonce");
+        assert_eq!(k.open(&p, v, &new).unwrap().as_slice(), b"hunter2");
+        // bound to the new generation: relabelling it as generation 1 fails
+        let mut relabelled = new.clone();
+        relabelled[1..5].copy_from_slice(&1u32.to_be_bytes());
+        assert!(k.open(&p, v, &relabelled).is_err());
+        // a tampered or misplaced envelope is refused, not re-sealed
+        let mut bad = env.clone();
+        bad[40] ^= 1;
+        assert!(matches!(k.reseal(&p, v, &bad), Err(CryptoError::Corrupt)));
+        let v4 = Version::new(4).unwrap();
+        assert!(matches!(k.reseal(&p, v4, &env), Err(CryptoError::Corrupt)));
     }
 }

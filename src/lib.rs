@@ -18,6 +18,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod path;
+pub mod rewrap;
 pub mod service;
 pub mod store;
 pub mod tls;

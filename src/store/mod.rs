@@ -113,6 +113,25 @@ pub struct KeyUsage {
     pub live_versions: i64,
 }
 
+/// A live version's envelope as stored, for `secretd key rewrap`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedRow {
+    pub path: String,
+    pub version: i64,
+    pub envelope: Vec<u8>,
+}
+
+/// Replace `old` by `new` as the envelope of `path`/`version`, only if the
+/// row still holds exactly `old` (compare-and-swap: a version deleted or
+/// re-sealed meanwhile is left as it is).
+#[derive(Debug, Clone)]
+pub struct EnvelopeSwap {
+    pub path: String,
+    pub version: i64,
+    pub old: Vec<u8>,
+    pub new: Vec<u8>,
+}
+
 /// One secret in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListItem {
@@ -371,6 +390,21 @@ pub trait Store: Send + Sync + 'static {
         keys: Vec<WrappedKey>,
         audit_wrapped: Vec<u8>,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Live versions whose envelope names a generation below `generation`,
+    /// ordered by (path bytes, version) and strictly after `after` (keyset
+    /// pagination; start with `("", 0)`), at most `limit`. Tombstones have
+    /// no envelope and never appear.
+    fn sealed_below<'a>(
+        &'a self,
+        generation: u32,
+        after: (&'a str, i64),
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<SealedRow>, StoreError>>;
+
+    /// Applies every swap whose row still holds its `old` envelope, in one
+    /// short durable transaction; returns how many were applied.
+    fn swap_envelopes(&self, swaps: Vec<EnvelopeSwap>) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// Stores a new wrapped data key; `Ok(false)` if that generation exists.
     fn add_data_key(&self, key: WrappedKey) -> BoxFuture<'_, Result<bool, StoreError>>;

@@ -434,6 +434,7 @@ enum WriteOp<'a> {
         id: &'a str,
         at: i64,
     },
+    SwapEnvelopes(&'a [super::EnvelopeSwap]),
 }
 
 enum WriteOut {
@@ -441,6 +442,7 @@ enum WriteOut {
     Versions(Vec<Version>),
     Inserted(bool),
     Token(Option<TokenRow>),
+    Count(u64),
     Done,
 }
 
@@ -703,6 +705,25 @@ async fn apply(
             )
             .await?;
             Ok(WriteOut::Done)
+        }
+        WriteOp::SwapEnvelopes(swaps) => {
+            // Compare-and-swap per row: under READ COMMITTED a row a
+            // concurrent DELETE changed first is re-checked against its new
+            // (NULL) envelope and left alone.
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE versions SET envelope = $1
+                     WHERE secret_id = (SELECT id FROM secrets WHERE path = $2)
+                       AND version = $3 AND envelope = $4",
+                )
+                .await?;
+            let mut n = 0;
+            for w in swaps {
+                n += tx
+                    .execute(&stmt, &[&w.new, &w.path, &w.version, &w.old])
+                    .await?;
+            }
+            Ok(WriteOut::Count(n))
         }
     }
 }
@@ -1076,6 +1097,56 @@ impl Store for PgStore {
         Box::pin(async move {
             match self.write(WriteOp::AddKey(&key)).await? {
                 WriteOut::Inserted(b) => Ok(b),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn sealed_below<'a>(
+        &'a self,
+        generation: u32,
+        after: (&'a str, i64),
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<super::SealedRow>, StoreError>> {
+        // Bytes 2..5 of an envelope are its generation, big-endian, so a
+        // bytea comparison orders them numerically.
+        let below = generation.to_be_bytes().to_vec();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Box::pin(self.deadline(async move {
+            let client = self.pool.get().await.map_err(map_pool)?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT s.path, v.version, v.envelope
+                     FROM secrets s JOIN versions v ON v.secret_id = s.id
+                     WHERE v.envelope IS NOT NULL AND substring(v.envelope from 2 for 4) < $1
+                       AND s.path >= $2::text COLLATE \"C\"
+                       AND (s.path, v.version) > ($2::text COLLATE \"C\", $3)
+                     ORDER BY s.path, v.version LIMIT $4",
+                )
+                .await
+                .map_err(map_pg)?;
+            let rows = client
+                .query(&stmt, &[&below, &after.0, &after.1, &limit])
+                .await
+                .map_err(map_pg)?;
+            Ok(rows
+                .iter()
+                .map(|r| super::SealedRow {
+                    path: r.get(0),
+                    version: r.get(1),
+                    envelope: r.get(2),
+                })
+                .collect())
+        }))
+    }
+
+    fn swap_envelopes(
+        &self,
+        swaps: Vec<super::EnvelopeSwap>,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            match self.write(WriteOp::SwapEnvelopes(&swaps)).await? {
+                WriteOut::Count(n) => Ok(n),
                 _ => Err(unexpected()),
             }
         })

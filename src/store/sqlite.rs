@@ -1082,6 +1082,56 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn sealed_below<'a>(
+        &'a self,
+        generation: u32,
+        after: (&'a str, i64),
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<super::SealedRow>, StoreError>> {
+        // Bytes 2..5 of an envelope are its generation, big-endian, so a
+        // blob comparison (memcmp) orders them numerically.
+        let below = generation.to_be_bytes().to_vec();
+        let (path, version) = (after.0.to_owned(), after.1);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Box::pin(self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT s.path, v.version, v.envelope
+                 FROM secrets s JOIN versions v ON v.secret_id = s.id
+                 WHERE v.envelope IS NOT NULL AND substr(v.envelope, 2, 4) < ?1
+                   AND s.path >= ?2 AND (s.path, v.version) > (?2, ?3)
+                 ORDER BY s.path, v.version LIMIT ?4",
+            )?;
+            let rows = st.query_map(params![below, path, version, limit], |r| {
+                Ok(super::SealedRow {
+                    path: r.get(0)?,
+                    version: r.get(1)?,
+                    envelope: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        }))
+    }
+
+    fn swap_envelopes(
+        &self,
+        swaps: Vec<super::EnvelopeSwap>,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        // Cached envelopes would still open (old generations are kept), but
+        // a rewrap means to replace them: forget them all.
+        Box::pin(self.enqueue(false, true, Invalidate::All, move |c| {
+            let mut st = c.prepare_cached(
+                "UPDATE versions SET envelope = ?1
+                 WHERE secret_id = (SELECT id FROM secrets WHERE path = ?2)
+                   AND version = ?3 AND envelope = ?4",
+            )?;
+            let mut n = 0u64;
+            for w in &swaps {
+                n += st.execute(params![w.new, w.path, w.version, w.old])? as u64;
+            }
+            Ok(n)
+        }))
+    }
+
     fn setting<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
         let name = name.to_owned();
         Box::pin(self.read(move |c| {

@@ -17,4 +17,5 @@ mod outage;
 mod postgres;
 mod process;
 mod read_cache;
+mod rewrap;
 mod tls;

@@ -26,7 +26,9 @@ async fn acknowledged_writes_are_read_back_at_once(b: Backend) {
             while !stop.load(Ordering::Relaxed) {
                 let p = &paths[(n as usize + r) % paths.len()];
                 let v = (n % 3 + 1).to_string();
-                let _ = c.get(p, if n.is_multiple_of(2) { None } else { Some(&v) }).await;
+                let _ = c
+                    .get(p, if n.is_multiple_of(2) { None } else { Some(&v) })
+                    .await;
                 n += 1;
             }
             n
