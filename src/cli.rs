@@ -650,6 +650,12 @@ pub struct MigrateArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(mut cfg) => {
+            // FAILPOINTS=name=action;... (only in test builds; see Cargo.toml).
+            // Kept for the life of the process: it never tears down.
+            std::mem::forget(fail::FailScenario::setup());
+            if fail::has_failpoints() {
+                tracing::warn!("fail points are compiled in (a test build)");
+            }
             cfg.read_env_only();
             cfg.validate()?;
             serve(*cfg).await

@@ -141,6 +141,14 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
          PRAGMA foreign_keys = ON;
          PRAGMA secure_delete = ON;",
     )?;
+    // Lets a test prove the refusal below on the real binary.
+    fail::fail_point!("sqlite-weak-sync", |_| {
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+        check_durability(&conn)?;
+        Err(StoreError::Backend(
+            "synchronous=NORMAL was accepted".into(),
+        ))
+    });
     check_durability(&conn)?;
     Ok(conn)
 }
@@ -418,7 +426,15 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>, cache: &ReadCache
             return false;
         }
     };
-    let answers: Vec<Answer> = batch.drain(..).map(|job| (job.run)(Some(&tx))).collect();
+    let answers: Vec<Answer> = (batch.drain(..).enumerate())
+        .map(|(i, job)| {
+            if i > 0 {
+                fail::fail_point!("sqlite-between-jobs");
+            }
+            (job.run)(Some(&tx))
+        })
+        .collect();
+    fail::fail_point!("sqlite-before-commit");
     let commit = tx.commit().map_err(|e| e.to_string());
     if let Err(e) = &commit {
         tracing::error!(error = %e, writes = answers.len(), "sqlite commit failed; batch not acknowledged");
@@ -433,6 +449,7 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>, cache: &ReadCache
             tracing::warn!(error = %e, "WAL checkpoint after delete failed");
         }
     }
+    fail::fail_point!("sqlite-after-commit");
     let ok = commit.is_ok();
     forget();
     for a in answers {

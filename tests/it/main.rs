@@ -11,6 +11,7 @@ mod client;
 mod common;
 mod config;
 mod contract;
+mod faults;
 mod groups;
 mod openapi;
 mod outage;
