@@ -650,10 +650,10 @@ pub struct MigrateArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(mut cfg) => {
-            // FAILPOINTS=name=action;... (only in test builds; see Cargo.toml).
-            // Kept for the life of the process: it never tears down.
-            std::mem::forget(fail::FailScenario::setup());
+            // FAILPOINTS=name=action;... in test builds only (see Cargo.toml);
+            // kept for the life of the process. A release build never reads it.
             if fail::has_failpoints() {
+                std::mem::forget(fail::FailScenario::setup());
                 tracing::warn!("fail points are compiled in (a test build)");
             }
             cfg.read_env_only();
