@@ -102,7 +102,8 @@ async fn try_send(
     tokio::time::timeout(timeout, go).await.ok().flatten()
 }
 
-/// Opens the database read-only and runs `PRAGMA integrity_check`.
+/// Opens the database read-only: `PRAGMA integrity_check`, and every
+/// secret has exactly the version rows 1..=last_version.
 fn integrity_check(data: &Path) -> Result<(), String> {
     let db = rusqlite::Connection::open_with_flags(
         data.join("secretd.db"),
@@ -116,10 +117,27 @@ fn integrity_check(data: &Path) -> Result<(), String> {
                 .collect::<Result<_, _>>()
         })
         .map_err(|e| format!("integrity_check: {e}"))?;
-    if rows == ["ok"] {
+    if rows != ["ok"] {
+        return Err(format!("integrity_check: {rows:?}"));
+    }
+    // every allocated version number has its row: 1..=last_version
+    let gaps: Vec<(String, i64, i64, i64)> = db
+        .prepare(
+            "SELECT s.path, s.last_version, COUNT(v.version), COALESCE(MAX(v.version), 0)
+             FROM secrets s LEFT JOIN versions v ON v.secret_id = s.id GROUP BY s.id
+             HAVING COUNT(v.version) != s.last_version OR COALESCE(MAX(v.version), 0) != s.last_version",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(|e| format!("version check: {e}"))?;
+    if gaps.is_empty() {
         Ok(())
     } else {
-        Err(format!("integrity_check: {rows:?}"))
+        Err(format!(
+            "(path, last_version, rows, max) disagree: {gaps:?}"
+        ))
     }
 }
 
@@ -600,8 +618,10 @@ fn parse_strace(text: &str) -> Vec<Call> {
     let mut pending: HashMap<&str, Call> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         // "PID HH:MM:SS.uuuuuu rest"
-        let mut it = line.splitn(3, ' ');
-        let (Some(pid), Some(_time), Some(rest)) = (it.next(), it.next(), it.next()) else {
+        let Some((pid, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((_time, rest)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         if rest.starts_with("<... ") {
@@ -1063,8 +1083,53 @@ async fn disk_full_fails_writes_cleanly_and_recovers() {
     for b in bad {
         viol.add(b);
     }
+    // deletes while full: acknowledged (then gone for good) or a 5xx
+    // (then nothing happened)
+    let mut deleted = Vec::new();
+    let mut delete_outcomes: BTreeMap<u16, u64> = BTreeMap::new();
+    for _ in 0..5 {
+        let (path, v, value) = {
+            let mut a = acked.lock().expect("lock");
+            let i = rng.range(0, a.len() as u64) as usize;
+            a.swap_remove(i)
+        };
+        let body = json!({ "path": path, "version": v }).to_string();
+        let r = try_send(
+            c.addr,
+            "DELETE",
+            "/secrets",
+            Some(body),
+            Duration::from_secs(10),
+        )
+        .await;
+        *delete_outcomes
+            .entry(r.as_ref().map_or(0, |r| r.0))
+            .or_default() += 1;
+        match r {
+            Some((200, _)) => deleted.push((path, v)),
+            Some((s, b))
+                if (500..600).contains(&s) && serde_json::from_slice::<Value>(&b).is_ok() =>
+            {
+                acked.lock().expect("lock").push((path, v, value));
+            }
+            other => viol.add(format!("DELETE on a full disk: {other:?}")),
+        }
+    }
+    let check_deleted = |c: Client, deleted: Vec<(String, u64)>| async move {
+        let mut bad = Vec::new();
+        for (path, v) in deleted {
+            let s = c.get(&path, Some(&v.to_string())).await.status;
+            if s != 404 {
+                bad.push(format!("acknowledged delete of {path} v{v}: reads {s}"));
+            }
+        }
+        bad
+    };
     // space comes back: writes work again, same process
     mnt.resize("64m");
+    for b in check_deleted(c.clone(), deleted.clone()).await {
+        viol.add(b);
+    }
     let t = Instant::now();
     let mut first_ok = None;
     for attempt in 1..=10 {
@@ -1120,6 +1185,9 @@ async fn disk_full_fails_writes_cleanly_and_recovers() {
     for b in check_all(p.client(KEY), acked.clone(), false).await.0 {
         viol.add(b);
     }
+    for b in check_deleted(p.client(KEY), deleted).await {
+        viol.add(b);
+    }
     drop(p);
     let summary = json!({
         "goal": "disk_full",
@@ -1129,6 +1197,7 @@ async fn disk_full_fails_writes_cleanly_and_recovers() {
         "acked": acked.len(),
         "failed": &*failed.lock().expect("lock"),
         "slowest_failure_ms": slowest_failure_ms.load(Ordering::Relaxed),
+        "deletes_while_full": delete_outcomes,
         "reads_refused_while_full": reads_refused_while_full,
         "recovered_ms": recovered_ms,
     });
