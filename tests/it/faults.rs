@@ -734,14 +734,19 @@ struct SyncReport {
 /// 2. some fsync/fdatasync of the WAL fd starts after that write returned
 ///    and returns before the response's write starts.
 ///
+/// A transaction's frames (including any spilled early) are all written by
+/// the one writer thread before its commit's sync, so the first sync after
+/// R's first frame is that commit's, or a later one; no other batch can
+/// sync in between.
+///
 /// "Before" is trace order. strace serializes ptrace stops, and an
 /// acknowledgement that causally follows a sync (return from fdatasync ->
 /// oneshot -> worker -> socket write) is always printed after it; a
 /// response not caused by the sync may come out in either order, so the
 /// checker can miss a race it did not witness but never flags a correct
-/// server. It is stricter than needed in one way: a batch's frames are
-/// only required to be synced by a sync that started after R's frame was
-/// written, which is what SQLite's commit does (frames, then sync).
+/// server. A rule without attribution ("no unsynced WAL write before any
+/// 200") would flag correct pipelining: the writer may write the next
+/// batch's frames while the previous batch's 200s go out.
 fn check_sync_before_ack(calls: &[Call]) -> SyncReport {
     let mut rep = SyncReport::default();
     let syncs: Vec<&Call> = calls
