@@ -2,6 +2,7 @@
 //! 127.0.0.1:0 with a temp data dir.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attack;
 mod auth;
 mod backup;
 mod bad_input;
