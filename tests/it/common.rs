@@ -653,3 +653,53 @@ pub async fn verify_acknowledged(c: &Client, acked: &[(String, u64, String)], pa
         }
     }
 }
+
+/// The seed of a randomized goal of the fault-and-adversary suite (issue
+/// #7): `SECRETD_TEST_SEED` if set (to replay a run), else a fresh random one.
+/// Every goal prints it in its summary line.
+pub fn test_seed() -> u64 {
+    if let Some(s) = std::env::var("SECRETD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        return s;
+    }
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("random");
+    u64::from_le_bytes(b)
+}
+
+/// Prints a goal's one-line JSON summary to stderr:
+/// `{"goal":..,"runs":..,"violations":..,"seed":..}`.
+pub fn goal_summary(goal: &str, runs: u64, violations: u64, seed: u64) {
+    eprintln!(
+        "{}",
+        serde_json::json!({ "goal": goal, "runs": runs, "violations": violations, "seed": seed })
+    );
+}
+
+/// A small deterministic generator (SplitMix64) for test-side randomness
+/// derived from [`test_seed`].
+pub struct SeedRng(u64);
+
+impl SeedRng {
+    pub fn new(seed: u64) -> Self {
+        SeedRng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Fisher-Yates.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+}

@@ -5,6 +5,7 @@
 mod auth;
 mod backup;
 mod bad_input;
+mod bad_input_matrix;
 mod bench_smoke;
 mod check;
 mod client;
