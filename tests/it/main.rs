@@ -13,6 +13,7 @@ mod common;
 mod config;
 mod contract;
 mod groups;
+mod leaks;
 mod openapi;
 mod outage;
 mod postgres;
