@@ -18,4 +18,5 @@ mod openapi;
 mod outage;
 mod postgres;
 mod process;
+mod properties;
 mod tls;
