@@ -8,8 +8,9 @@
 //! second, and a row that tries to write leaves the store exactly as it was
 //! (the listing, a sentinel's metadata and the token list are compared
 //! after it). The rows run in an order shuffled by the printed seed, and the
-//! server must still be healthy at the end. One summary line:
-//! `{"goal":"bad_input","runs":N,"violations":0,"seed":S}`.
+//! server must still be healthy at the end. It runs on both backends, one
+//! summary line each: `{"goal":"bad_input","runs":N,"violations":0,"seed":S}`
+//! (`bad_input_postgres` on PostgreSQL).
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -1845,10 +1846,15 @@ fn table() -> Vec<Case> {
     t.0
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_input_matrix() {
+crate::both_backends!(bad_input_matrix);
+
+async fn bad_input_matrix(b: Backend) {
     let seed = test_seed();
-    let s = TestServer::start_with(Backend::Sqlite, |c| c.body_timeout = BODY_TIMEOUT).await;
+    let goal = match b {
+        Backend::Sqlite => "bad_input",
+        Backend::Postgres(_) => "bad_input_postgres",
+    };
+    let s = TestServer::start_with(b, |c| c.body_timeout = BODY_TIMEOUT).await;
     let c = &s.client;
     c.put_ok(SENTINEL, "s1").await;
     c.put_ok(SENTINEL, "s2").await;
@@ -1913,12 +1919,7 @@ async fn bad_input_matrix() {
     if snapshot(c).await != before {
         violations.push("the store changed during the matrix".into());
     }
-    goal_summary(
-        "bad_input",
-        cases.len() as u64,
-        violations.len() as u64,
-        seed,
-    );
+    goal_summary(goal, cases.len() as u64, violations.len() as u64, seed);
     assert!(
         violations.is_empty(),
         "{} of {} rows failed (seed {seed}):\n{}",
