@@ -9,26 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::{Client, KEY, Proc, bin, dir_contains, files_under, raw, send};
-
-/// The one line a goal reports, on stderr.
-pub fn summary(
-    goal: &str,
-    runs: usize,
-    violations: &[String],
-    seed: u64,
-    extra: serde_json::Value,
-) {
-    let mut line =
-        json!({"goal": goal, "runs": runs, "violations": violations.len(), "seed": seed});
-    if let (Some(l), Some(e)) = (line.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            l.insert(k.clone(), v.clone());
-        }
-    }
-    eprintln!("{line}");
-    assert!(violations.is_empty(), "{goal}: {violations:#?}");
-}
+use crate::common::{
+    Client, KEY, Proc, bin, dir_contains, files_under, goal_report, raw, send, test_seed,
+};
 
 fn cli(data: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin())
@@ -227,7 +210,7 @@ async fn tampered_rows_answer_corrupt_and_the_rest_still_reads() {
     if p.terminate() != Some(0) {
         violations.push("did not exit 0 on SIGTERM".into());
     }
-    summary("tamper", runs, &violations, 0, json!({}));
+    goal_report("tamper", runs, &violations, 0, json!({}));
 }
 
 /// Goal 4: a canary value and the API key appear in 0 bytes of the data dir
@@ -236,14 +219,7 @@ async fn tampered_rows_answer_corrupt_and_the_rest_still_reads() {
 /// malformed requests carrying the canary in wrong-typed fields.
 #[tokio::test(flavor = "multi_thread")]
 async fn canaries_never_leak() {
-    let seed: u64 = std::env::var("SECRETD_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+    let seed = test_seed();
     let canary = format!("canary{seed:016x}");
     let key = format!("leak-key-{:016x}-0123456789", seed.rotate_left(17));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -393,7 +369,7 @@ async fn canaries_never_leak() {
             violations.push(format!("{name} in {}", f.display()));
         }
     }
-    summary(
+    goal_report(
         "no_leakage",
         runs,
         &violations,
@@ -496,7 +472,7 @@ async fn greedy_and_slow_clients_are_bounded() {
         violations.push(format!("peak RSS {peak} KiB"));
     }
     assert_eq!(p.terminate(), Some(0));
-    summary(
+    goal_report(
         "resource_limits",
         runs,
         &violations,

@@ -414,7 +414,7 @@ async fn database_outage_gives_fast_503s_and_recovers_without_restart() {
     if r.json()["value"] != "s1" {
         violations.push(format!("after latency: {:?}", r.body));
     }
-    crate::attack::summary(
+    crate::common::goal_report(
         "pg_outage",
         reports.len() + 2,
         &violations,
@@ -527,7 +527,7 @@ async fn a_frozen_replica_neither_duplicates_nor_loses_versions() {
     let paths: Vec<String> = (0..3).map(|i| format!("tfy-secret/frozen/p{i}")).collect();
     verify_acknowledged(&clients[0], &acked, &paths).await;
     verify_acknowledged(&clients[1], &acked, &paths).await;
-    crate::attack::summary(
+    crate::common::goal_report(
         "pg_frozen_replica",
         acked.len(),
         &violations,
