@@ -361,9 +361,15 @@ pub fn read_file(path: &std::path::Path) -> Result<FileSettings, ConfigError> {
         file: path.to_owned(),
         source,
     })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+    parse_file(path, &text)
+}
+
+/// Parses a config file's text (`path` names it in errors).
+pub fn parse_file(path: &std::path::Path, text: &str) -> Result<FileSettings, ConfigError> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
         let at = e.span().map_or(0, |r| r.start).min(text.len());
-        let before = &text[..at];
+        // A span may fall inside a multi-byte character: never slice there.
+        let before = text.get(..at).unwrap_or(text);
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
         ConfigError::Syntax {

@@ -13,6 +13,7 @@ mod client;
 mod common;
 mod config;
 mod contract;
+mod fuzz_smoke;
 mod groups;
 mod leaks;
 mod openapi;
