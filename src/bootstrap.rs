@@ -155,7 +155,14 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
         store.add_data_key(k).await?;
         stored_keys = store.data_keys().await?;
     }
-    let keyring = Keyring::unwrap_all(&master, &stored_keys)?;
+    let (keyring, unreadable) = Keyring::unwrap_available(&master, &stored_keys)?;
+    for generation in unreadable {
+        tracing::error!(
+            generation,
+            "a stored data key does not open under the master key (the key row was altered); \
+             versions sealed under it answer 500 corrupt"
+        );
+    }
     store.set_audit_key(Arc::new(load_audit_key(store.as_ref(), &master).await?));
     let master_for_service = master;
 

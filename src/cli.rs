@@ -111,39 +111,67 @@ impl Cli {
     }
 
     fn try_parse_with_config(args: &[std::ffi::OsString]) -> Result<Cli, ParseError> {
-        use clap::{CommandFactory as _, FromArgMatches as _};
-        let cli = Cli::try_parse_from(args)?;
-        let Some(file) = cli.config_file() else {
-            return Ok(cli);
-        };
-        let settings = crate::config::read_file(&file)?;
-        let mut cmd = Cli::command();
-        let mut failed = None;
-        let mut apply = |c: clap::Command| match crate::config::apply_file(c.clone(), &settings) {
+        use clap::FromArgMatches as _;
+        let (cmd, _) = command_with_config(args)?;
+        let matches = cmd.try_get_matches_from(args)?;
+        Ok(Cli::from_arg_matches(&matches)?)
+    }
+}
+
+/// The command tree with the `--config` file (or `SECRETD_CONFIG`) of the
+/// invoked command installed as its arguments' defaults. `serve` and
+/// `config check` take every key and refuse unknown ones; the other
+/// commands that open the store take the keys they share with `serve`
+/// (data_dir, database_url, db_*, master_key_file) and ignore the rest, so
+/// one file serves the server and its admin commands alike.
+fn command_with_config(
+    args: &[std::ffi::OsString],
+) -> Result<(clap::Command, Option<crate::config::FileSettings>), ParseError> {
+    use clap::CommandFactory as _;
+    let cmd = Cli::command();
+    let m = cmd.clone().try_get_matches_from(args)?;
+    let mut path: Vec<String> = Vec::new();
+    let mut leaf = &m;
+    while let Some((name, sub)) = leaf.subcommand() {
+        path.push(name.to_owned());
+        leaf = sub;
+    }
+    let file = leaf
+        .try_get_one::<std::path::PathBuf>("config")
+        .ok()
+        .flatten()
+        .cloned();
+    let Some(file) = file else {
+        return Ok((cmd, None));
+    };
+    let settings = crate::config::read_file(&file)?;
+    let strict = path == ["serve"] || path == ["config", "check"];
+    let cmd = apply_at(cmd, &path, &settings, strict)?;
+    Ok((cmd, Some(settings)))
+}
+
+fn apply_at(
+    cmd: clap::Command,
+    path: &[String],
+    settings: &crate::config::FileSettings,
+    strict: bool,
+) -> Result<clap::Command, crate::config::ConfigError> {
+    let Some((first, rest)) = path.split_first() else {
+        return crate::config::apply_file(cmd, settings, strict);
+    };
+    let mut failed = None;
+    let cmd = cmd.mut_subcommand(first.as_str(), |c| {
+        match apply_at(c.clone(), rest, settings, strict) {
             Ok(c) => c,
             Err(e) => {
                 failed = Some(e);
                 c
             }
-        };
-        cmd = if matches!(cli.command, Command::Serve(_)) {
-            cmd.mut_subcommand("serve", &mut apply)
-        } else {
-            cmd.mut_subcommand("config", |c| c.mut_subcommand("check", &mut apply))
-        };
-        if let Some(e) = failed {
-            return Err(e.into());
         }
-        let matches = cmd.try_get_matches_from(args)?;
-        Ok(Cli::from_arg_matches(&matches)?)
-    }
-
-    /// The `--config` file, for the commands that take one.
-    fn config_file(&self) -> Option<std::path::PathBuf> {
-        match &self.command {
-            Command::Serve(cfg) | Command::Config(ConfigCommand::Check(cfg)) => cfg.config.clone(),
-            _ => None,
-        }
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(cmd),
     }
 }
 
@@ -1003,7 +1031,6 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Completes on SIGTERM or SIGINT.
 /// `secretd config check`: the effective settings, where each came from,
 /// secrets redacted; then the checks `serve` makes before touching the
 /// store (settings that go together, TLS files).
@@ -1012,26 +1039,7 @@ fn config_check(cfg: &ServeConfig) -> anyhow::Result<ExitCode> {
     use clap::parser::ValueSource;
     // Parse again to learn each value's source (the typed config has lost it).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let file = match &cfg.config {
-        Some(f) => Some(crate::config::read_file(f)?),
-        None => None,
-    };
-    let mut cmd = Cli::command();
-    if let Some(f) = &file {
-        let mut err = None;
-        cmd = cmd.mut_subcommand("config", |c| {
-            c.mut_subcommand("check", |c| match crate::config::apply_file(c.clone(), f) {
-                Ok(c) => c,
-                Err(e) => {
-                    err = Some(e);
-                    c
-                }
-            })
-        });
-        if let Some(e) = err {
-            return Err(e.into());
-        }
-    }
+    let (cmd, file) = command_with_config(&args)?;
     let matches = cmd.try_get_matches_from(&args)?;
     let Some(m) = matches
         .subcommand_matches("config")
@@ -1047,7 +1055,7 @@ fn config_check(cfg: &ServeConfig) -> anyhow::Result<ExitCode> {
         anyhow::bail!("internal: config check command missing");
     };
     println!("# effective settings: flags > SECRETD_* environment > file > defaults");
-    if let Some(f) = &cfg.config {
+    if let Some(f) = &cfg.store.config {
         println!("# file: {}", f.display());
     }
     for arg in check.get_arguments() {
@@ -1124,6 +1132,7 @@ fn spawn_sighup_notice() {
     });
 }
 
+/// Completes on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let term = async {

@@ -45,11 +45,6 @@ impl FromStr for SecretString {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
-    /// A TOML file with any of these settings (keys in snake_case, e.g.
-    /// data_dir); flags and SECRETD_* variables override it.
-    #[arg(long, env = "SECRETD_CONFIG")]
-    pub config: Option<PathBuf>,
-
     /// Address to listen on (host:port; port 0 picks a free port).
     #[arg(long, env = "SECRETD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
@@ -114,22 +109,23 @@ pub struct ServeConfig {
     #[arg(long, env = "SECRETD_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 
-    /// Longest a request may take from its header to the response; slower
-    /// requests get 503 `timeout`.
+    /// Longest a read (GET) may take from its header to the response;
+    /// slower reads get 503 `timeout`. Writes are never cut off once they
+    /// reach the store (their outcome would be unknown).
     #[arg(long, env = "SECRETD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
     /// Serve HTTPS with this certificate chain (PEM, leaf first); needs
     /// --tls-key. Re-read on SIGHUP and when the file changes.
-    #[arg(long, env = "SECRETD_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "SECRETD_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
 
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, env = "SECRETD_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "SECRETD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
     /// Require client certificates that chain to these CAs (PEM) (mTLS).
-    #[arg(long, env = "SECRETD_TLS_CLIENT_CA", requires = "tls_cert")]
+    #[arg(long, env = "SECRETD_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
     /// How often the TLS files are checked for changes (0s: only on SIGHUP).
@@ -157,6 +153,12 @@ pub struct ServeConfig {
 /// by `serve` and every command that opens the store.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
+    /// A TOML file with settings (keys in snake_case, e.g. data_dir); flags
+    /// and SECRETD_* variables override it. `serve` takes every setting;
+    /// other commands take the store and key settings they share with it.
+    #[arg(long, env = "SECRETD_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Directory holding the embedded database (created 0700).
     #[arg(long, env = "SECRETD_DATA_DIR", default_value = "./secretd-data")]
     pub data_dir: PathBuf,
@@ -231,9 +233,9 @@ impl ServeConfig {
     /// Defaults for a data dir, as the CLI would produce with no flags.
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
         ServeConfig {
-            config: None,
             listen: "127.0.0.1:0".into(),
             store: StoreArgs {
+                config: None,
                 data_dir,
                 database_url: None,
                 db: DbArgs::default(),
@@ -269,8 +271,8 @@ impl ServeConfig {
         })
     }
 
-    /// Checks what the parser cannot: settings that only make sense
-    /// together (a file can set one without the other).
+    /// Checks settings that only make sense together, whatever source each
+    /// came from (clap's `requires` would ignore values from the file).
     pub fn validate(&self) -> Result<(), ConfigError> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => {
@@ -359,9 +361,15 @@ pub fn read_file(path: &std::path::Path) -> Result<FileSettings, ConfigError> {
         file: path.to_owned(),
         source,
     })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+    parse_file(path, &text)
+}
+
+/// Parses a config file's text (`path` names it in errors).
+pub fn parse_file(path: &std::path::Path, text: &str) -> Result<FileSettings, ConfigError> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
         let at = e.span().map_or(0, |r| r.start).min(text.len());
-        let before = &text[..at];
+        // A span may fall inside a multi-byte character: never slice there.
+        let before = text.get(..at).unwrap_or(text);
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
         ConfigError::Syntax {
@@ -401,9 +409,15 @@ pub fn read_file(path: &std::path::Path) -> Result<FileSettings, ConfigError> {
     })
 }
 
-/// Installs the file's values as the defaults of `cmd`'s arguments, after
-/// checking every key names one of them.
-pub fn apply_file(cmd: clap::Command, file: &FileSettings) -> Result<clap::Command, ConfigError> {
+/// Installs the file's values as the defaults of `cmd`'s arguments. With
+/// `strict`, every key must name one of them; otherwise keys `cmd` does not
+/// have are skipped (an admin command takes the store settings of a
+/// server's file).
+pub fn apply_file(
+    cmd: clap::Command,
+    file: &FileSettings,
+    strict: bool,
+) -> Result<clap::Command, ConfigError> {
     let known: Vec<(String, bool)> = cmd
         .get_arguments()
         .filter(|a| !a.is_positional())
@@ -412,6 +426,10 @@ pub fn apply_file(cmd: clap::Command, file: &FileSettings) -> Result<clap::Comma
             (a.get_id().as_str().to_owned(), many)
         })
         .filter(|(id, _)| !matches!(id.as_str(), "help" | "version" | "config"))
+        .collect();
+    let delimiter: Vec<(String, Option<char>)> = cmd
+        .get_arguments()
+        .map(|a| (a.get_id().as_str().to_owned(), a.get_value_delimiter()))
         .collect();
     for (key, vs) in &file.values {
         if let Some((_, why)) = NOT_IN_FILE.iter().find(|(k, _)| k == key) {
@@ -422,6 +440,9 @@ pub fn apply_file(cmd: clap::Command, file: &FileSettings) -> Result<clap::Comma
             });
         }
         let Some((_, many)) = known.iter().find(|(id, _)| id == key) else {
+            if !strict {
+                continue;
+            }
             let hint = closest(key, known.iter().map(|(k, _)| k.as_str()))
                 .map(|k| format!(" (did you mean `{k}`?)"))
                 .unwrap_or_default();
@@ -431,6 +452,18 @@ pub fn apply_file(cmd: clap::Command, file: &FileSettings) -> Result<clap::Comma
                 hint,
             });
         };
+        if let Some(d) = delimiter
+            .iter()
+            .find(|(id, _)| id == key)
+            .and_then(|(_, d)| *d)
+            && vs.iter().any(|v| v.contains(d))
+        {
+            return Err(ConfigError::BadValue {
+                file: file.file.clone(),
+                key: key.clone(),
+                why: format!("list items may not contain '{d}' (write one item per value)"),
+            });
+        }
         if vs.len() != 1 && !many {
             return Err(ConfigError::BadValue {
                 file: file.file.clone(),
@@ -441,6 +474,9 @@ pub fn apply_file(cmd: clap::Command, file: &FileSettings) -> Result<clap::Comma
     }
     let mut cmd = cmd;
     for (key, vs) in &file.values {
+        if !known.iter().any(|(id, _)| id == key) {
+            continue;
+        }
         let vs = vs.clone();
         cmd = cmd.mut_arg(key.as_str(), move |a| {
             a.default_values(vs)

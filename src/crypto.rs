@@ -321,6 +321,29 @@ impl Keyring {
         Ok(Keyring { active, ciphers })
     }
 
+    /// For a serving process: unwraps what opens and reports the
+    /// generations that do not (an altered key row), so versions sealed
+    /// under those answer `corrupt` while every other version stays
+    /// readable. Still fails, like [`Keyring::unwrap_all`], if the newest
+    /// generation does not open (new values could not be sealed) — which is
+    /// also what a wrong master key looks like.
+    pub fn unwrap_available(
+        master: &MasterKey,
+        keys: &[WrappedKey],
+    ) -> Result<(Self, Vec<u32>), CryptoError> {
+        let newest = keys.iter().map(|k| k.generation).max();
+        let mut opened = Vec::with_capacity(keys.len());
+        let mut failed = Vec::new();
+        for k in keys {
+            match Self::unwrap_all(master, std::slice::from_ref(k)) {
+                Ok(_) => opened.push(k.clone()),
+                Err(e) if Some(k.generation) == newest => return Err(e),
+                Err(_) => failed.push(k.generation),
+            }
+        }
+        Ok((Self::unwrap_all(master, &opened)?, failed))
+    }
+
     pub fn active_generation(&self) -> u32 {
         self.active
     }

@@ -15,6 +15,8 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod path;

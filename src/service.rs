@@ -323,8 +323,9 @@ impl Service {
         let keys = self.keys()?;
         let stored = self.store.data_keys().await?;
         let ring = Arc::new(
-            Keyring::unwrap_all(&keys.master, &stored)
-                .map_err(|e| Error::Internal(format!("reloading data keys: {e}")))?,
+            Keyring::unwrap_available(&keys.master, &stored)
+                .map_err(|e| Error::Internal(format!("reloading data keys: {e}")))?
+                .0,
         );
         if let Ok(mut w) = keys.ring.write()
             && w.active_generation() < ring.active_generation()

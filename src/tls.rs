@@ -161,10 +161,13 @@ impl TlsReloader {
     /// Re-reads the files and swaps the configuration in. On error the old
     /// one stays.
     pub fn reload(&self) -> Result<(), TlsError> {
+        // Held throughout, so a SIGHUP and a poll reloading at once cannot
+        // finish out of order (an older build replacing a newer one).
+        let mut last = self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
         let st = stamp(&self.files);
         let cfg = build(&self.files)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cfg);
-        *self.stamp.lock().unwrap_or_else(PoisonError::into_inner) = st;
+        *last = st;
         Ok(())
     }
 

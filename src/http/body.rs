@@ -120,7 +120,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     parsed
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::bad_request(
             ErrorCode::InvalidJson,

@@ -187,7 +187,7 @@ pub enum AuthErrors {
     #[response(status = 500)]
     Internal(ErrorBody),
     /// `unavailable`: the store or the audit log cannot be reached; or
-    /// `timeout`: the request took longer than `--request-timeout`. Retry.
+    /// `timeout`: a read took longer than `--request-timeout`. Retry.
     #[response(status = 503)]
     Unavailable(ErrorBody),
 }
@@ -654,12 +654,19 @@ pub async fn healthz() -> Response {
     ),
 )]
 pub async fn readyz(State(s): State<AppState>) -> Result<Response, Error> {
-    s.service.ready().await?;
+    // A load balancer must learn of an unreachable store within its probe
+    // interval, not after the store's own (longer) operation deadline.
+    tokio::time::timeout(READY_TIMEOUT, s.service.ready())
+        .await
+        .map_err(|_| Error::Unavailable("readiness check timed out".into()))??;
     Ok(json_response(
         StatusCode::OK,
         &StatusOut { status: "ready" },
     ))
 }
+
+/// Longest `/readyz` waits for the store.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// 405 with the `Allow` header listing the route's methods.
 pub fn method_not_allowed(allow: HeaderValue) -> Response {

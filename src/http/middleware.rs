@@ -160,11 +160,15 @@ async fn resolve_tokens(s: &AppState, slots: Vec<Slot>) -> Result<Option<Princip
     Ok(who)
 }
 
-/// Cuts a request off after the request timeout with 503 `timeout`. Covers
-/// reading the body and the service call; a write whose commit was already
-/// under way may still land (as after any lost connection), and its own
-/// audit record says so.
+/// Cuts a read off after the request timeout with 503 `timeout`. Writes
+/// are never cut off: once a write reaches the store it may commit, and a
+/// "503, try again" would then invite a duplicate (or hide a token shown only
+/// once). Their client-facing part is bounded by the body timeout, and the
+/// store's own timeouts bound the rest.
 pub async fn deadline(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return next.run(req).await;
+    }
     match tokio::time::timeout(s.request_timeout, next.run(req)).await {
         Ok(r) => r,
         Err(_) => Error::Timeout.into_response(),
@@ -276,6 +280,18 @@ pub async fn audit(State(s): State<AppState>, mut req: Request, next: Next) -> R
         outcome: outcome_of(status).to_owned(),
         status,
     };
+    if status == 503 {
+        // Nothing was served (the store or the deadline refused it): record
+        // it as soon as the store can take it, without making the client
+        // wait out a second store timeout for an answer that is already 503.
+        let service = Arc::clone(&s.service);
+        tokio::spawn(async move {
+            if let Err(e) = service.audit(record).await {
+                tracing::warn!(error = %e, "audit record of a 503 could not be stored");
+            }
+        });
+        return res;
+    }
     match s.service.audit(record).await {
         Ok(()) => res,
         Err(e) => {

@@ -4,7 +4,8 @@
 //! `serve(listener, state, shutdown)` runs it on a bound listener until the
 //! shutdown future completes, then drains in-flight requests.
 
-mod body;
+// Public so the property tests can feed `read_json` arbitrary bytes.
+pub mod body;
 mod handlers;
 mod middleware;
 pub mod openapi;

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use secretd::config::{SecretString, ServeConfig};
 use secretd::http::AppState;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const KEY: &str = "test-key-0123456789abcdef";
@@ -652,4 +652,78 @@ pub async fn verify_acknowledged(c: &Client, acked: &[(String, u64, String)], pa
             );
         }
     }
+}
+
+/// The seed of a randomized goal of the fault-and-adversary suite (issue
+/// #7): `SECRETD_TEST_SEED` if set (to replay a run), else a fresh random one.
+/// Every goal prints it in its summary line.
+pub fn test_seed() -> u64 {
+    if let Some(s) = std::env::var("SECRETD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        return s;
+    }
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("random");
+    u64::from_le_bytes(b)
+}
+
+/// Prints a goal's one-line JSON summary to stderr:
+/// `{"goal":..,"runs":..,"violations":..,"seed":..}`.
+pub fn goal_summary(goal: &str, runs: u64, violations: u64, seed: u64) {
+    eprintln!(
+        "{}",
+        serde_json::json!({ "goal": goal, "runs": runs, "violations": violations, "seed": seed })
+    );
+}
+
+/// A small deterministic generator (SplitMix64) for test-side randomness
+/// derived from [`test_seed`].
+pub struct SeedRng(u64);
+
+impl SeedRng {
+    pub fn new(seed: u64) -> Self {
+        SeedRng(seed)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Fisher-Yates.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// [`goal_summary`] with extra figures, failing the test on any violation.
+pub fn goal_report(
+    goal: &str,
+    runs: usize,
+    violations: &[String],
+    seed: u64,
+    extra: serde_json::Value,
+) {
+    let mut line =
+        json!({"goal": goal, "runs": runs, "violations": violations.len(), "seed": seed});
+    if let (Some(l), Some(e)) = (line.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            l.insert(k.clone(), v.clone());
+        }
+    }
+    eprintln!("{line}");
+    assert!(violations.is_empty(), "{goal}: {violations:#?}");
 }

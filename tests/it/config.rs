@@ -339,3 +339,101 @@ fn the_example_file_documents_every_setting_and_each_value_is_valid() {
         assert_eq!(setting(&out, id).1, "file", "{id}");
     }
 }
+
+#[test]
+fn settings_combine_across_sources_and_lists_are_literal() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let file = dir.path().join("secretd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // The file's TLS pair plus mTLS from the environment, and a flag
+    // overriding one file value: all one configuration.
+    let (code, out, err) = run(
+        secretd(&[("SECRETD_TLS_CLIENT_CA", cert.to_str().unwrap())])
+            .args(["config", "check", "--config"])
+            .arg(&file)
+            .arg("--tls-key")
+            .arg(&key),
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(setting(&out, "tls_cert").1, "file");
+    assert_eq!(setting(&out, "tls_key").1, "flag");
+    assert_eq!(setting(&out, "tls_client_ca").1, "environment");
+    // A comma inside a list item would silently split one key into two.
+    std::fs::write(
+        &file,
+        "api_keys = [\"first-half-aaaaaaaa,second-half-bbbbbbbb\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(secretd(&[])
+        .args(["config", "check", "--config"])
+        .arg(&file));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("`api_keys`") && err.contains("may not contain"),
+        "{err}"
+    );
+    assert!(!err.contains("aaaaaaaa"), "{err}");
+}
+
+#[tokio::test]
+async fn admin_commands_take_the_store_settings_of_the_servers_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let file = dir.path().join("secretd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\napi_keys = [\"admin-file-key-0123456789\"]\nmax_connections = 64\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut cmd = secretd(&[
+        ("SECRETD_CONFIG", file.to_str().unwrap()),
+        ("RUST_LOG", "info"),
+    ]);
+    cmd.arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let p = Proc::spawn(cmd).unwrap();
+    p.client("admin-file-key-0123456789")
+        .put_ok("tfy-secret/cfg/x", "v")
+        .await;
+    // key status and backup find the store through the same file (the
+    // server-only keys in it are ignored, not errors) ...
+    let work = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(secretd(&[("SECRETD_CONFIG", file.to_str().unwrap())])
+        .current_dir(work.path())
+        .args(["key", "status"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("1"), "{out}");
+    let backup = dir.path().join("b.jsonl");
+    let (code, out, err) = run(secretd(&[])
+        .current_dir(work.path())
+        .args(["backup", "--config"])
+        .arg(&file)
+        .arg("--out")
+        .arg(&backup));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(backup.exists());
+    // ... and nothing was created in the working directory.
+    assert!(!work.path().join("secretd-data").exists());
+    // A flag still wins over the file.
+    let (code, _, err) = run(secretd(&[("SECRETD_CONFIG", file.to_str().unwrap())])
+        .current_dir(work.path())
+        .args(["key", "status", "--data-dir", "/nonexistent/secretd"]));
+    assert_ne!(code, Some(0), "{err}");
+    p.terminate();
+}

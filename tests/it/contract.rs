@@ -278,7 +278,7 @@ async fn size_limits(b: Backend) {
 /// Streams a chunked PUT body of up to 40 MiB from another thread while
 /// reading the response. Returns (status, body, bytes sent before the
 /// response arrived).
-fn endless_chunked_put(addr: std::net::SocketAddr) -> (u16, String, usize) {
+pub fn endless_chunked_put(addr: std::net::SocketAddr) -> (u16, String, usize) {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");

@@ -58,7 +58,12 @@ pub async fn under_load(
         let r = send(c.addr, "GET", "/readyz", &[], None).await;
         if r.status == 503 {
             assert_eq!(r.error_code(), "unavailable");
-            break cut_at.elapsed();
+            let flip = cut_at.elapsed();
+            assert!(
+                flip < Duration::from_secs(2),
+                "/readyz took {flip:?} to turn 503"
+            );
+            break flip;
         }
         assert!(
             cut_at.elapsed() < Duration::from_secs(2),

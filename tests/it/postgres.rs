@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -217,11 +217,50 @@ async fn tls_follows_sslmode() {
     db.drop_db().await;
 }
 
-/// A TCP proxy between secretd and PostgreSQL that can cut the database off.
+/// A TCP proxy between secretd and PostgreSQL that can cut the database
+/// off (reset), swallow traffic (blackhole) or delay it.
 struct Proxy {
     addr: SocketAddr,
-    up: Arc<AtomicBool>,
+    mode: Arc<AtomicU8>,
+    delay_ms: Arc<AtomicU64>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+const UP: u8 = 0;
+const RESET: u8 = 1;
+const BLACKHOLE: u8 = 2;
+const SLOW: u8 = 3;
+
+/// Copies one direction, obeying the proxy's mode for every chunk.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mode: Arc<AtomicU8>,
+    delay_ms: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        loop {
+            match mode.load(Ordering::SeqCst) {
+                RESET => return,
+                BLACKHOLE => tokio::time::sleep(Duration::from_millis(20)).await,
+                SLOW => {
+                    tokio::time::sleep(Duration::from_millis(delay_ms.load(Ordering::SeqCst)))
+                        .await;
+                    break;
+                }
+                _ => break,
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -230,36 +269,65 @@ impl Proxy {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let up = Arc::new(AtomicBool::new(true));
+        let mode = Arc::new(AtomicU8::new(UP));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (up2, conns2) = (Arc::clone(&up), Arc::clone(&conns));
+        let (mode2, delay2, conns2) =
+            (Arc::clone(&mode), Arc::clone(&delay_ms), Arc::clone(&conns));
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !up2.load(Ordering::SeqCst) {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (mode, delay) = (Arc::clone(&mode2), Arc::clone(&delay2));
+                if mode.load(Ordering::SeqCst) == RESET {
                     drop(inbound); // the database is "gone": connection closed at once
                     continue;
                 }
                 let task = tokio::spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    // A blackholed database accepts nothing: hold the socket.
+                    while mode.load(Ordering::SeqCst) == BLACKHOLE {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if let Ok(out) = tokio::net::TcpStream::connect(target).await {
+                        let (ri, wi) = inbound.into_split();
+                        let (ro, wo) = out.into_split();
+                        let a = tokio::spawn(pump(ri, wo, Arc::clone(&mode), Arc::clone(&delay)));
+                        let b = pump(ro, wi, mode, delay);
+                        b.await;
+                        a.abort();
                     }
                 });
                 conns2.lock().expect("lock").push(task.abort_handle());
             }
         });
-        Proxy { addr, up, conns }
+        Proxy {
+            addr,
+            mode,
+            delay_ms,
+            conns,
+        }
     }
 
     /// The database goes away: every open connection is cut, new ones fail.
     fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
+        self.mode.store(RESET, Ordering::SeqCst);
         for c in self.conns.lock().expect("lock").drain(..) {
             c.abort();
         }
     }
 
+    /// The network swallows everything: connections stay open, nothing
+    /// arrives either way (a partition, a dead host).
+    fn blackhole(&self) {
+        self.mode.store(BLACKHOLE, Ordering::SeqCst);
+    }
+
+    /// Every chunk either way waits `ms` first.
+    fn slow(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
+        self.mode.store(SLOW, Ordering::SeqCst);
+    }
+
     fn up(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        self.mode.store(UP, Ordering::SeqCst);
     }
 }
 
@@ -289,6 +357,10 @@ fn pg_target() -> SocketAddr {
     format!("{host}:{port}").parse().expect("host:port")
 }
 
+/// Goal 9 of the reliability suite: the database reset, then blackholed,
+/// then slowed, under write load. Every request ends within the limit as
+/// 200 or 503 JSON, `/readyz` flips within 2 s, writes resume within 5 s of
+/// the database, nothing acknowledged is lost (versions contiguous).
 #[tokio::test(flavor = "multi_thread")]
 async fn database_outage_gives_fast_503s_and_recovers_without_restart() {
     let Some(db) = TestDb::create().await else {
@@ -304,6 +376,7 @@ async fn database_outage_gives_fast_503s_and_recovers_without_restart() {
     .await;
     let c = s.client.clone();
     let limit = acquire + statement + Duration::from_secs(1);
+    let mut reports = Vec::new();
     let report = outage::under_load(
         &c,
         limit,
@@ -312,8 +385,156 @@ async fn database_outage_gives_fast_503s_and_recovers_without_restart() {
         async || proxy.up(),
     )
     .await;
-    eprintln!("outage (proxy cut): {report}");
+    eprintln!("outage (proxy reset): {report}");
+    reports.push(report);
+    let report = outage::under_load(
+        &c,
+        limit,
+        async || proxy.blackhole(),
+        Duration::from_secs(3),
+        async || proxy.up(),
+    )
+    .await;
+    eprintln!("outage (proxy blackhole): {report}");
+    reports.push(report);
+    // Added latency: slower, never wrong.
+    proxy.slow(100);
+    let mut violations = Vec::new();
+    let t = std::time::Instant::now();
+    for i in 0..2 {
+        let start = std::time::Instant::now();
+        let r = c.put("tfy-secret/outage/slow", &format!("s{i}")).await;
+        if r.status != 200 || start.elapsed() > limit {
+            violations.push(format!("slow PUT: {} in {:?}", r.status, start.elapsed()));
+        }
+    }
+    let slow = t.elapsed();
+    proxy.up();
+    let r = c.get("tfy-secret/outage/slow", None).await;
+    if r.json()["value"] != "s1" {
+        violations.push(format!("after latency: {:?}", r.body));
+    }
+    crate::common::goal_report(
+        "pg_outage",
+        reports.len() + 2,
+        &violations,
+        0,
+        json!({"reset": reports[0], "blackhole": reports[1], "latency_100ms_2_puts_ms": slow.as_millis() as u64}),
+    );
     drop(s);
+    db.drop_db().await;
+}
+
+/// `--request-timeout` cuts a read that waits on a dead database, while a
+/// write is never cut by it (it ends on the store's own timeouts, 503
+/// `unavailable`, never "timeout, try again").
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_stop_at_the_request_timeout_and_writes_do_not() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let proxy = Proxy::start(pg_target()).await;
+    let url = via(&db.url, proxy.addr);
+    let s = TestServer::start_with(Backend::Postgres(url), |c| {
+        c.store.db.db_acquire_timeout = Duration::from_secs(2);
+        c.store.db.db_statement_timeout = Duration::from_secs(2);
+        c.request_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let c = s.client.clone();
+    c.put_ok("tfy-secret/deadline/a", "v").await;
+    proxy.blackhole();
+    let t = std::time::Instant::now();
+    let r = c.get("tfy-secret/deadline/a", None).await;
+    let took = t.elapsed();
+    assert_eq!((r.status, r.error_code().as_str()), (503, "timeout"));
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    let t = std::time::Instant::now();
+    let r = c.put("tfy-secret/deadline/a", "w").await;
+    let took = t.elapsed();
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "unavailable"),
+        "{took:?}"
+    );
+    assert!(
+        took > Duration::from_millis(400),
+        "a write was cut at the request timeout"
+    );
+    proxy.up();
+    drop(s);
+    db.drop_db().await;
+}
+
+/// Goal 9, replicas: one of two replicas is frozen (SIGSTOP) mid-load and
+/// resumed; no version is handed out twice or lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_replica_neither_duplicates_nor_loses_versions() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let long = std::env::var("SECRETD_LONG_TESTS").is_ok_and(|v| v == "1");
+    let freeze = Duration::from_secs(if long { 20 } else { 3 });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = pg_env(&db.url);
+    env.push(("SECRETD_DB_ACQUIRE_TIMEOUT", "30s".to_owned()));
+    let r1 = start_pg(&dir.path().join("a"), &env);
+    let r2 = start_pg(&dir.path().join("b"), &env);
+    let clients = [r1.client(KEY), r2.client(KEY)];
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let (c, stop, acked) = (
+            clients[w % 2].clone(),
+            Arc::clone(&stop),
+            Arc::clone(&acked),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let path = format!("tfy-secret/frozen/p{}", i % 3);
+                let value = format!("w{w}-{i}");
+                // A frozen replica's clients wait; they give up after 60 s.
+                let r = tokio::time::timeout(Duration::from_secs(60), c.put(&path, &value)).await;
+                if let Ok(r) = r
+                    && r.status == 200
+                {
+                    let v = r.json()["version"].as_u64().expect("version");
+                    acked.lock().expect("lock").push((path, v, value));
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    r2.signal("STOP");
+    tokio::time::sleep(freeze).await;
+    r2.signal("CONT");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    let mut violations = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (p, v, _) in &acked {
+        if !seen.insert((p.clone(), *v)) {
+            violations.push(format!("{p} version {v} acknowledged twice"));
+        }
+    }
+    let paths: Vec<String> = (0..3).map(|i| format!("tfy-secret/frozen/p{i}")).collect();
+    verify_acknowledged(&clients[0], &acked, &paths).await;
+    verify_acknowledged(&clients[1], &acked, &paths).await;
+    crate::common::goal_report(
+        "pg_frozen_replica",
+        acked.len(),
+        &violations,
+        0,
+        json!({"frozen_s": freeze.as_secs()}),
+    );
+    drop((r1, r2));
     db.drop_db().await;
 }
 
