@@ -368,6 +368,8 @@ fn writer_loop(
     cache: &ReadCache,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // A delete's WAL truncation that could not finish, to retry.
+    let mut truncate_pending = false;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -376,14 +378,19 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if run_batch(&mut conn, &mut batch, cache) {
+        if run_batch(&mut conn, &mut batch, cache, &mut truncate_pending) {
             commits.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 /// Applies and commits one batch; true if it committed.
-fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>, cache: &ReadCache) -> bool {
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<WriteJob>,
+    cache: &ReadCache,
+    truncate_pending: &mut bool,
+) -> bool {
     // Whatever happens to the batch, its paths are forgotten before any job
     // is answered (a failed commit only costs a re-read).
     let stale: Vec<Invalidate> = batch
@@ -439,15 +446,11 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>, cache: &ReadCache
     if let Err(e) = &commit {
         tracing::error!(error = %e, writes = answers.len(), "sqlite commit failed; batch not acknowledged");
     }
-    if destroys && commit.is_ok() {
+    if commit.is_ok() && (destroys || *truncate_pending) {
         // Deleted envelopes still sit in older WAL frames: copy the WAL
         // into the database (where secure_delete zeroed them) and truncate
         // it before acknowledging the delete.
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            r.get::<_, i64>(0)
-        }) {
-            tracing::warn!(error = %e, "WAL checkpoint after delete failed");
-        }
+        *truncate_pending = !truncate_wal(conn);
     }
     fail::fail_point!("sqlite-after-commit");
     let ok = commit.is_ok();
@@ -456,6 +459,29 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>, cache: &ReadCache
         a(&commit);
     }
     ok
+}
+
+/// Copies the WAL into the database and truncates it. False if it could
+/// not finish: a reader still needed older frames past the busy timeout (a
+/// long backup or listing), or an error; the caller retries after its next
+/// commit, and until then deleted ciphertext may remain in the WAL.
+fn truncate_wal(conn: &Connection) -> bool {
+    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(0) => true,
+        Ok(_) => {
+            tracing::error!(
+                "WAL truncation after a delete could not finish (a long read holds older frames); \
+                 deleted ciphertext may stay in the WAL until it does; retrying after the next write"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "WAL truncation after a delete failed; retrying after the next write");
+            false
+        }
+    }
 }
 
 fn has_live_version(c: &Connection, path: &SecretPath) -> Result<bool, StoreError> {

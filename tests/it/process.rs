@@ -153,6 +153,49 @@ async fn deleted_ciphertext_leaves_the_data_dir() {
     assert_eq!(c.get("tfy-secret/gone/b", Some("2")).await.status, 404);
 }
 
+/// A long reader (here: an open read transaction, as a backup holds) keeps
+/// the WAL from being truncated after a delete: that is reported, and the
+/// truncation is retried after the next write, so the deleted ciphertext
+/// does not stay on disk silently.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_wal_truncation_is_reported_and_retried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Proc::start(&data, &[("SECRETD_API_KEYS", KEY)]);
+    let c = p.client(KEY);
+    c.put_ok("tfy-secret/held/a", "held-value").await;
+    let db = rusqlite::Connection::open(data.join("secretd.db")).expect("open");
+    let e: Vec<u8> = db
+        .query_row(
+            "SELECT envelope FROM versions v JOIN secrets s ON s.id = v.secret_id WHERE s.path = 'tfy-secret/held/a'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("row");
+    let needle = e[e.len() - 32..].to_vec();
+    // A reader that holds its snapshot across the delete.
+    db.execute_batch("BEGIN; SELECT COUNT(*) FROM versions;")
+        .expect("begin");
+    let _: i64 = db
+        .query_row("SELECT COUNT(*) FROM versions", [], |r| r.get(0))
+        .expect("read");
+    assert_eq!(c.delete("tfy-secret/held/a", None).await.status, 200);
+    let logs = p.wait_stderr("WAL truncation after a delete could not finish");
+    assert!(
+        logs.contains("WAL truncation after a delete could not finish"),
+        "{logs}"
+    );
+    db.execute_batch("COMMIT;").expect("end the read");
+    drop(db);
+    // The next write retries the truncation.
+    c.put_ok("tfy-secret/held/b", "next").await;
+    assert_eq!(
+        dir_contains(&data, &needle),
+        None,
+        "the deleted envelope stayed in the data dir after the retry"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn configured_keys_replace_the_generated_one() {
     let dir = tempfile::tempdir().expect("tempdir");
