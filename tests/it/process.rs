@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -548,47 +548,6 @@ fn cli_path_and_help() {
         assert!(text.contains("Usage"), "{sub:?}");
         assert!(!text.contains("hidden-secret-key"), "help shows a key");
     }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn slow_clients_are_cut_off_and_health_stays_fast() {
-    use std::io::{Read, Write};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let p = Proc::start(
-        &data,
-        &[("SECRETD_API_KEYS", KEY), ("SECRETD_HEADER_TIMEOUT", "1s")],
-    );
-    // 64 connections that send half a header and then nothing
-    let mut slow = Vec::new();
-    for _ in 0..64 {
-        let mut s = std::net::TcpStream::connect(p.addr).expect("connect");
-        s.write_all(b"GET /secrets?path=tfy-secret/x HTTP/1.1\r\nHost: x\r\nX-Api")
-            .expect("write");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        slow.push(s);
-    }
-    // meanwhile the server answers others at once
-    let t = Instant::now();
-    let r = send(p.addr, "GET", "/healthz", &[], None).await;
-    assert_eq!(r.status, 200);
-    assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "healthz took {:?}",
-        t.elapsed()
-    );
-    // and every slow connection is closed within the header timeout (+ slack)
-    let t = Instant::now();
-    for mut s in slow {
-        let mut buf = [0u8; 512];
-        let _ = s.read(&mut buf); // EOF (or a 408) once the server gives up
-    }
-    assert!(
-        t.elapsed() < Duration::from_secs(4),
-        "slow connections held for {:?}",
-        t.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
