@@ -843,8 +843,27 @@ impl Service {
     }
 
     /// Whether the store answers (for `/readyz`).
+    /// Ready to serve: the store answers, and this replica can seal new
+    /// values under the store's newest data key (a generation added under
+    /// another master key, or an altered key row, would fail every write).
     pub async fn ready(&self) -> Result<(), Error> {
-        Ok(self.store.ping().await?)
+        self.store.ping().await?;
+        if self.keys.is_some() {
+            let latest = self.store.latest_generation().await?;
+            let unusable = |detail: String| {
+                Error::Unavailable(format!(
+                    "data key generation {latest} does not open under this replica's master key: {detail}"
+                ))
+            };
+            let ring = self
+                .refresh_keys(latest)
+                .await
+                .map_err(|e| unusable(e.to_string()))?;
+            if ring.active_generation() < latest {
+                return Err(unusable("not loaded".into()));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -482,3 +482,36 @@ async fn greedy_and_slow_clients_are_bounded() {
                "healthz_ms": health.as_millis() as u64, "slowloris_closed_ms": held.as_millis() as u64}),
     );
 }
+
+/// `/readyz` reflects key health: a newest data key this replica cannot open
+/// (added under another master key, or altered) turns it 503 with a log
+/// line, so a load balancer drains it; fixing the row brings it back.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_the_newest_data_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Proc::start(&data, &[("SECRETD_API_KEYS", KEY)]);
+    let c = p.client(KEY);
+    c.put_ok("tfy-secret/ready/a", "v").await;
+    assert_eq!(send(c.addr, "GET", "/readyz", &[], None).await.status, 200);
+    let db = Db::open(&data);
+    db.0.execute(
+        "INSERT INTO data_keys (generation, wrapped, created_at) VALUES (2, ?1, 0)",
+        [vec![7u8; 72]],
+    )
+    .expect("insert a key row no master key opens");
+    let r = send(c.addr, "GET", "/readyz", &[], None).await;
+    assert_eq!((r.status, r.error_code().as_str()), (503, "unavailable"));
+    assert!(
+        p.wait_stderr("data key generation 2 does not open")
+            .contains("data key generation 2 does not open")
+    );
+    // Writes cannot be sealed meanwhile; reads of existing versions go on.
+    assert!(c.put("tfy-secret/ready/a", "w").await.status >= 500);
+    assert_eq!(c.get("tfy-secret/ready/a", None).await.json()["value"], "v");
+    db.0.execute("DELETE FROM data_keys WHERE generation = 2", [])
+        .expect("remove it");
+    assert_eq!(send(c.addr, "GET", "/readyz", &[], None).await.status, 200);
+    assert_eq!(c.put_ok("tfy-secret/ready/a", "w").await, 2);
+    assert_eq!(p.terminate(), Some(0));
+}
