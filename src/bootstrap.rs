@@ -57,6 +57,8 @@ pub struct Opened {
     pub generated_master_key: Option<PathBuf>,
     /// Where the store is, printable (a database URL is redacted).
     pub location: Location,
+    /// Latency of every store operation, for `/metrics`.
+    pub store_timings: Arc<crate::metrics::StoreTimings>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BootError + '_ {
@@ -142,7 +144,11 @@ pub async fn open_store(loc: &Location, pg: &PgSettings) -> Result<Arc<dyn Store
 /// Opens the store and everything around it.
 pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
     let loc = cfg.store.location();
-    let store = open_store(&loc, &cfg.store.db.settings()).await?;
+    let store_timings = Arc::new(crate::metrics::StoreTimings::default());
+    let store: Arc<dyn Store> = Arc::new(crate::store::timed::TimedStore::new(
+        open_store(&loc, &cfg.store.db.settings()).await?,
+        Arc::clone(&store_timings),
+    ));
 
     let mut stored_keys = store.data_keys().await?;
     let (master, generated_master_key) = resolve_master_key(
@@ -243,6 +249,7 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
         generated_key,
         generated_master_key,
         location: loc,
+        store_timings,
     })
 }
 

@@ -787,7 +787,9 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
             cfg.auth_fail_window,
             100_000,
         )),
-        metrics: std::sync::Arc::default(),
+        metrics: std::sync::Arc::new(crate::metrics::Metrics::with_store_timings(
+            std::sync::Arc::clone(&opened.store_timings),
+        )),
         public_metrics: metrics_listener.is_none(),
     };
     if let Some(l) = metrics_listener {

@@ -40,16 +40,51 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     auth_failures: AtomicU64,
     rate_limited: AtomicU64,
+    /// Filled by the store's timing wrapper (`store::timed`).
+    store: std::sync::Arc<StoreTimings>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
-            started: Instant::now(),
-            requests: Mutex::default(),
-            latency: Mutex::default(),
-            auth_failures: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
+        Metrics::with_store_timings(std::sync::Arc::default())
+    }
+}
+
+/// Latency of store operations, by operation name (a fixed set).
+#[derive(Debug, Default)]
+pub struct StoreTimings(Mutex<BTreeMap<&'static str, Histogram>>);
+
+impl StoreTimings {
+    pub fn observe(&self, op: &'static str, took: Duration) {
+        if let Ok(mut m) = self.0.lock() {
+            m.entry(op).or_default().observe(took.as_secs_f64());
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "secretd_store_operation_duration_seconds";
+        header(
+            out,
+            name,
+            "histogram",
+            "Store operation latency by operation.",
+        );
+        if let Ok(m) = self.0.lock() {
+            for (op, h) in m.iter() {
+                for (b, bound) in h.buckets.iter().zip(BOUNDS) {
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{operation=\"{op}\",le=\"{bound}\"}} {b}"
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{operation=\"{op}\",le=\"+Inf\"}} {}",
+                    h.count
+                );
+                let _ = writeln!(out, "{name}_sum{{operation=\"{op}\"}} {}", h.sum);
+                let _ = writeln!(out, "{name}_count{{operation=\"{op}\"}} {}", h.count);
+            }
         }
     }
 }
@@ -63,6 +98,18 @@ pub struct StoreGauges {
 }
 
 impl Metrics {
+    /// Metrics that also render the store operation latencies `store` collects.
+    pub fn with_store_timings(store: std::sync::Arc<StoreTimings>) -> Self {
+        Metrics {
+            started: Instant::now(),
+            requests: Mutex::default(),
+            latency: Mutex::default(),
+            auth_failures: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            store,
+        }
+    }
+
     /// Records one finished request.
     pub fn observe(&self, route: &str, method: &str, status: u16, took: Duration) {
         if let Ok(mut m) = self.requests.lock() {
@@ -180,6 +227,7 @@ impl Metrics {
         ] {
             scalar(&mut out, name, kind, help, &value);
         }
+        self.store.render(&mut out);
         out
     }
 }
@@ -207,15 +255,20 @@ mod tests {
 
     #[test]
     fn renders_counters_and_histograms() {
-        let m = Metrics::default();
+        let timings = std::sync::Arc::new(StoreTimings::default());
+        let m = Metrics::with_store_timings(std::sync::Arc::clone(&timings));
         m.observe("/secrets", "GET", 200, Duration::from_micros(700));
         m.observe("/secrets", "GET", 200, Duration::from_millis(30));
         m.observe("/secrets", "PUT", 401, Duration::from_micros(100));
+        timings.observe("get", Duration::from_micros(300));
         let text = m.render(StoreGauges {
             secrets: 3,
             live_versions: 5,
             ready: true,
         });
+        assert!(text.contains(
+            "secretd_store_operation_duration_seconds_bucket{operation=\"get\",le=\"0.0005\"} 1"
+        ));
         assert!(text.contains(
             "secretd_http_requests_total{route=\"/secrets\",method=\"GET\",status=\"200\"} 2"
         ));

@@ -16,6 +16,7 @@
 pub mod cache;
 pub mod postgres;
 pub mod sqlite;
+pub mod timed;
 
 use std::future::Future;
 use std::pin::Pin;

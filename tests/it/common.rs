@@ -328,7 +328,9 @@ impl TestServer {
                 cfg.auth_fail_window,
                 10_000,
             )),
-            metrics: std::sync::Arc::default(),
+            metrics: std::sync::Arc::new(secretd::metrics::Metrics::with_store_timings(
+                std::sync::Arc::clone(&opened.store_timings),
+            )),
             public_metrics: cfg.metrics_listen.is_none(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

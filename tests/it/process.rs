@@ -647,6 +647,17 @@ async fn metrics_count_requests_without_paths_or_values() {
         )
         .is_some_and(|n| n >= 6.0)
     );
+    // Store operation latency, by operation: the three reads and two writes.
+    for (op, at_least) in [("get", 3.0), ("put", 2.0), ("append_audit", 1.0)] {
+        let count = metric(
+            &text,
+            &format!("secretd_store_operation_duration_seconds_count{{operation=\"{op}\"}}"),
+        );
+        assert!(
+            count.is_some_and(|n| n >= at_least),
+            "{op}: {count:?}\n{text}"
+        );
+    }
     assert!(text.contains("secretd_build_info{version="));
     assert!(!text.contains("canary"), "a path or value reached /metrics");
 }
