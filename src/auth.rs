@@ -119,12 +119,15 @@ impl ApiKeys {
     }
 
     /// Checks the request's credentials against the static keys only;
-    /// `Some(key id)` if all of them are valid and there is at least one.
+    /// `Some(key id)` of the first if all of them are valid and there is at
+    /// least one (the server's middleware applies the same rule, with
+    /// managed tokens besides).
     pub fn authenticate(&self, headers: &HeaderMap) -> Option<&str> {
         let creds = self.credentials(headers)?;
         let mut who = None;
         for c in &creds {
-            who = Some(self.lookup(c)?);
+            let id = self.lookup(c)?;
+            who.get_or_insert(id);
         }
         who
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::crypto::{AuditKey, MasterKey};
 use crate::http::ratelimit::FailLimiter;
 use crate::http::{self, AppState};
-use crate::path::{PathArg, SecretPath};
+use crate::path::PathArg;
 use crate::service::{RequestCtx, Service};
 use crate::store::Store;
 
@@ -197,7 +197,7 @@ pub enum TokenCommand {
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         /// Lifetime, e.g. 30d or 12h; none means it never expires.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = crate::config::parse_duration)]
         ttl: Option<std::time::Duration>,
         #[command(flatten)]
         store: StoreArgs,
@@ -295,10 +295,6 @@ pub enum AuditCommand {
     },
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
-}
-
 /// How `key rewrap` walks the store.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RewrapArgs {
@@ -306,7 +302,7 @@ pub struct RewrapArgs {
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..=5000))]
     pub batch: u16,
     /// Pause between batches, leaving the write lock to the servers (e.g. 10ms, 0s).
-    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "10ms", value_parser = crate::config::parse_duration)]
     pub pause: std::time::Duration,
     /// Stop after this many batches (testing the resume).
     #[arg(long, hide = true)]
@@ -713,20 +709,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup(args) => backup(args).await,
         Command::Restore(args) => restore(args).await,
         Command::Path { name } => {
-            // A path has slashes (or is the root); an FQN has colons.
-            let looks_like_path = name.contains('/') || name == crate::path::ROOT;
-            let path = if looks_like_path {
-                match PathArg::parse(&name)? {
-                    PathArg::Root => {
-                        println!("{}", crate::path::ROOT);
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    PathArg::Secret(p) => p,
-                }
-            } else {
-                SecretPath::from_fqn(&name)?
-            };
-            println!("{path}");
+            println!("{}", PathArg::parse_name(&name)?.as_str());
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -1080,7 +1063,8 @@ fn config_check(cfg: &ServeConfig) -> anyhow::Result<ExitCode> {
             Some(ValueSource::DefaultValue) => "default",
             _ => "unset",
         };
-        let secret = crate::config::SECRET_SETTINGS.contains(&id);
+        // The settings marked secret for clap's help are redacted here too.
+        let secret = arg.is_hide_env_values_set();
         let show = |v: &String| {
             if secret {
                 "\"<redacted>\"".to_owned()

@@ -225,7 +225,8 @@ impl DbArgs {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// A humantime duration (`500ms`, `10s`, `30d`), for clap.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
@@ -510,6 +511,3 @@ fn closest<'a>(key: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a st
         .min()
         .map(|(_, k)| k)
 }
-
-/// Settings whose values `config check` never prints.
-pub const SECRET_SETTINGS: &[&str] = &["api_keys", "database_url"];

@@ -282,43 +282,20 @@ impl Keyring {
     pub fn new_wrapped_key(master: &MasterKey, generation: u32) -> Result<WrappedKey, CryptoError> {
         let mut dk = Zeroizing::new([0u8; KEY_LEN]);
         random_bytes(dk.as_mut())?;
-        let (ct, nonce) = seal_raw(&master.cipher()?, &wrap_aad(generation), dk.as_ref())?;
-        let mut wrapped = Vec::with_capacity(NONCE_LEN + ct.len());
-        wrapped.extend_from_slice(&nonce);
-        wrapped.extend_from_slice(&ct);
         Ok(WrappedKey {
             generation,
-            wrapped,
+            wrapped: master.wrap(&wrap_aad(generation), dk.as_ref())?,
         })
     }
 
     /// Unwraps every stored data key; the highest generation seals new values.
     /// Fails with [`CryptoError::WrongMasterKey`] if any does not open.
     pub fn unwrap_all(master: &MasterKey, keys: &[WrappedKey]) -> Result<Self, CryptoError> {
-        let mc = master.cipher()?;
-        let mut ciphers = HashMap::with_capacity(keys.len());
-        let mut active = 0;
-        for k in keys {
-            if k.wrapped.len() != NONCE_LEN + KEY_LEN + TAG_LEN {
-                return Err(CryptoError::WrongMasterKey(k.generation));
-            }
-            let (nonce_b, ct) = k.wrapped.split_at(NONCE_LEN);
-            let aad = wrap_aad(k.generation);
-            let dk = Zeroizing::new(
-                mc.decrypt(&self::nonce(nonce_b)?, Payload { msg: ct, aad: &aad })
-                    .map_err(|_| CryptoError::WrongMasterKey(k.generation))?,
-            );
-            ciphers.insert(
-                k.generation,
-                XChaCha20Poly1305::new_from_slice(dk.as_slice())
-                    .map_err(|_| CryptoError::WrongMasterKey(k.generation))?,
-            );
-            active = active.max(k.generation);
+        let (ring, failed) = Self::unwrap_each(master, keys);
+        match failed.first() {
+            Some(g) => Err(CryptoError::WrongMasterKey(*g)),
+            None => ring,
         }
-        if ciphers.is_empty() {
-            return Err(CryptoError::UnknownGeneration(0));
-        }
-        Ok(Keyring { active, ciphers })
     }
 
     /// For a serving process: unwraps what opens and reports the
@@ -331,17 +308,42 @@ impl Keyring {
         master: &MasterKey,
         keys: &[WrappedKey],
     ) -> Result<(Self, Vec<u32>), CryptoError> {
+        let (ring, failed) = Self::unwrap_each(master, keys);
         let newest = keys.iter().map(|k| k.generation).max();
-        let mut opened = Vec::with_capacity(keys.len());
+        if let Some(g) = newest.filter(|g| failed.contains(g)) {
+            return Err(CryptoError::WrongMasterKey(g));
+        }
+        Ok((ring?, failed))
+    }
+
+    /// One pass over the stored keys: the keyring of those that open (the
+    /// highest generation seals new values), and the generations that do
+    /// not, in order.
+    fn unwrap_each(
+        master: &MasterKey,
+        keys: &[WrappedKey],
+    ) -> (Result<Self, CryptoError>, Vec<u32>) {
+        let mut ciphers = HashMap::with_capacity(keys.len());
         let mut failed = Vec::new();
+        let mut active = 0;
         for k in keys {
-            match Self::unwrap_all(master, std::slice::from_ref(k)) {
-                Ok(_) => opened.push(k.clone()),
-                Err(e) if Some(k.generation) == newest => return Err(e),
-                Err(_) => failed.push(k.generation),
+            let cipher = master
+                .unwrap(&wrap_aad(k.generation), &k.wrapped)
+                .and_then(|dk| XChaCha20Poly1305::new_from_slice(dk.as_slice()).ok());
+            match cipher {
+                Some(c) => {
+                    ciphers.insert(k.generation, c);
+                    active = active.max(k.generation);
+                }
+                None => failed.push(k.generation),
             }
         }
-        Ok((Self::unwrap_all(master, &opened)?, failed))
+        let ring = if ciphers.is_empty() {
+            Err(CryptoError::UnknownGeneration(0))
+        } else {
+            Ok(Keyring { active, ciphers })
+        };
+        (ring, failed)
     }
 
     pub fn active_generation(&self) -> u32 {

@@ -71,19 +71,7 @@ impl StoreTimings {
         );
         if let Ok(m) = self.0.lock() {
             for (op, h) in m.iter() {
-                for (b, bound) in h.buckets.iter().zip(BOUNDS) {
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{operation=\"{op}\",le=\"{bound}\"}} {b}"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{operation=\"{op}\",le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(out, "{name}_sum{{operation=\"{op}\"}} {}", h.sum);
-                let _ = writeln!(out, "{name}_count{{operation=\"{op}\"}} {}", h.count);
+                histogram(out, name, "operation", op, h);
             }
         }
     }
@@ -117,9 +105,14 @@ impl Metrics {
                 .or_default() += 1;
         }
         if let Ok(mut m) = self.latency.lock() {
-            m.entry(route.to_owned())
-                .or_default()
-                .observe(took.as_secs_f64());
+            // Allocate the key only the first time a route is seen.
+            match m.get_mut(route) {
+                Some(h) => h.observe(took.as_secs_f64()),
+                None => m
+                    .entry(route.to_owned())
+                    .or_default()
+                    .observe(took.as_secs_f64()),
+            }
         }
         match status {
             401 => {
@@ -179,17 +172,7 @@ impl Metrics {
         );
         if let Ok(m) = self.latency.lock() {
             for (route, h) in m.iter() {
-                let r = escape(route);
-                for (b, bound) in h.buckets.iter().zip(BOUNDS) {
-                    let _ = writeln!(out, "{name}_bucket{{route=\"{r}\",le=\"{bound}\"}} {b}");
-                }
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{route=\"{r}\",le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(out, "{name}_sum{{route=\"{r}\"}} {}", h.sum);
-                let _ = writeln!(out, "{name}_count{{route=\"{r}\"}} {}", h.count);
+                histogram(&mut out, name, "route", &escape(route), h);
             }
         }
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
@@ -230,6 +213,20 @@ impl Metrics {
         self.store.render(&mut out);
         out
     }
+}
+
+/// The samples of one labelled histogram (`label` already escaped).
+fn histogram(out: &mut String, name: &str, key: &str, label: &str, h: &Histogram) {
+    for (b, bound) in h.buckets.iter().zip(BOUNDS) {
+        let _ = writeln!(out, "{name}_bucket{{{key}=\"{label}\",le=\"{bound}\"}} {b}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{key}=\"{label}\",le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(out, "{name}_sum{{{key}=\"{label}\"}} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{{{key}=\"{label}\"}} {}", h.count);
 }
 
 /// The `# HELP` and `# TYPE` lines of a metric.

@@ -87,6 +87,24 @@ impl PathArg {
         }
         Ok(PathArg::Secret(SecretPath(s.to_owned())))
     }
+
+    /// Parses what a person types: a path if it has slashes (or is the
+    /// root), else an FQN (`acme:prod:db-password`).
+    pub fn parse_name(name: &str) -> Result<Self, PathError> {
+        if name.contains('/') || name == ROOT {
+            Self::parse(name)
+        } else {
+            SecretPath::from_fqn(name).map(PathArg::Secret)
+        }
+    }
+
+    /// The canonical text (`tfy-secret` for the root).
+    pub fn as_str(&self) -> &str {
+        match self {
+            PathArg::Root => ROOT,
+            PathArg::Secret(p) => p.as_str(),
+        }
+    }
 }
 
 fn validate_segment(seg: &str) -> Result<(), PathError> {

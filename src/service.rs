@@ -389,11 +389,12 @@ impl Service {
             actor: p.id.clone(),
             audit: ctx.record("secret.write", Some(path.as_str()), None, 200),
         };
-        let mut streamed = wctx.audit.clone();
+        // A copy for the SIEM stream only when there is one.
+        let streamed = self.stream.is_some().then(|| wctx.audit.clone());
         let result = self.store.put(path, seal, mode, wctx).await;
-        if let Ok(v) = &result {
-            streamed.version = Some(v.as_i64());
-            self.emit(streamed);
+        if let (Ok(v), Some(mut r)) = (&result, streamed) {
+            r.version = Some(v.as_i64());
+            self.emit(r);
         }
         match result {
             Err(StoreError::NoLiveVersion) => Err(Denied::Role {
@@ -606,16 +607,13 @@ impl Service {
         let Ok(sp) = SecretPath::parse(path) else {
             return Ok(None);
         };
-        let versions = self.store.metadata(&sp).await?;
-        Ok(versions
-            .iter()
-            .rev()
-            .find(|v| v.deleted_at.is_none())
-            .map(|v| ListItem {
-                path: path.to_owned(),
-                latest_version: v.version,
-                updated_at: v.created_at,
-            }))
+        // The newest live version is one indexed read (cached on SQLite);
+        // the full version history is not needed.
+        Ok(self.store.get(&sp, None).await?.map(|v| ListItem {
+            path: path.to_owned(),
+            latest_version: v.version.as_i64(),
+            updated_at: v.created_at_ms,
+        }))
     }
 
     /// Every version of a secret, without values.

@@ -161,32 +161,31 @@ impl TlsReloader {
     /// Re-reads the files and swaps the configuration in. On error the old
     /// one stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        // Held throughout, so a SIGHUP and a poll reloading at once cannot
-        // finish out of order (an older build replacing a newer one).
+        self.reload_if(false).map(|_| ())
+    }
+
+    /// Re-reads the files (with `only_if_changed`, only if they differ
+    /// from the last attempt); `Ok(false)` if it did not. The lock is held
+    /// throughout, so a SIGHUP and a poll reloading at once cannot finish
+    /// out of order (an older build replacing a newer one). The stamp is
+    /// remembered even if the build fails, so a broken file is reported once,
+    /// not every poll; the next change (or SIGHUP) tries again.
+    fn reload_if(&self, only_if_changed: bool) -> Result<bool, TlsError> {
         let mut last = self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
-        let st = stamp(&self.files);
+        let now = stamp(&self.files);
+        if only_if_changed && *last == now {
+            return Ok(false);
+        }
+        *last = now;
         let cfg = build(&self.files)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cfg);
-        *last = st;
-        Ok(())
+        Ok(true)
     }
 
-    /// Whether any file differs from what the last (attempted) load saw.
-    fn changed(&self) -> bool {
-        let now = stamp(&self.files);
-        let mut last = self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
-        if *last == now {
-            return false;
-        }
-        // Remember it even if the reload fails, so a broken file is reported
-        // once, not every poll; the next change (or SIGHUP) tries again.
-        *last = now;
-        true
-    }
-
-    fn reload_logged(&self, why: &str) {
-        match self.reload() {
-            Ok(()) => tracing::info!(reason = why, "TLS certificate reloaded"),
+    fn reload_logged(&self, why: &str, only_if_changed: bool) {
+        match self.reload_if(only_if_changed) {
+            Ok(false) => {}
+            Ok(true) => tracing::info!(reason = why, "TLS certificate reloaded"),
             Err(e) => tracing::error!(
                 reason = why,
                 error = %e,
@@ -207,7 +206,7 @@ impl TlsReloader {
                 return;
             };
             while hup.recv().await.is_some() {
-                me.reload_logged("SIGHUP");
+                me.reload_logged("SIGHUP", false);
             }
         });
         if interval.is_zero() {
@@ -219,9 +218,7 @@ impl TlsReloader {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if self.changed() {
-                    self.reload_logged("files changed");
-                }
+                self.reload_logged("files changed", true);
             }
         });
     }

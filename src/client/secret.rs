@@ -63,12 +63,8 @@ pub struct Conn {
     #[arg(long, env = "SECRETD_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// Limit on each request, e.g. 10s.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
     pub timeout: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -288,10 +284,9 @@ async fn dispatch(cmd: SecretCommand) -> Result<(), Failure> {
             let prefix = match prefix.as_deref() {
                 None => ROOT.to_owned(),
                 // A prefix may end in '/' (tfy-secret/acme/), as a group often is written.
-                Some(p) => match parse_name(p.strip_suffix('/').unwrap_or(p))? {
-                    PathArg::Root => ROOT.to_owned(),
-                    PathArg::Secret(p) => p.as_str().to_owned(),
-                },
+                Some(p) => parse_name(p.strip_suffix('/').unwrap_or(p))?
+                    .as_str()
+                    .to_owned(),
             };
             let t = connect(&conn)?;
             let mut cursor: Option<String> = None;
@@ -351,12 +346,7 @@ async fn dispatch(cmd: SecretCommand) -> Result<(), Failure> {
 
 /// A path has slashes (or is the root); anything else is an FQN.
 fn parse_name(name: &str) -> Result<PathArg, Failure> {
-    let parsed = if name.contains('/') || name == ROOT {
-        PathArg::parse(name)
-    } else {
-        SecretPath::from_fqn(name).map(PathArg::Secret)
-    };
-    parsed.map_err(|e| usage(format!("invalid path or FQN: {e}")))
+    PathArg::parse_name(name).map_err(|e| usage(format!("invalid path or FQN: {e}")))
 }
 
 fn secret_path(name: &str) -> Result<SecretPath, Failure> {

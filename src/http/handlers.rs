@@ -266,14 +266,7 @@ pub async fn get_secret(
     };
     ctx.note(op, None, q.version.map(|v| v.as_i64()));
     let target = PathArg::parse(&q.path)?;
-    ctx.note(
-        op,
-        Some(match &target {
-            PathArg::Root => ROOT,
-            PathArg::Secret(p) => p.as_str(),
-        }),
-        None,
-    );
+    ctx.note(op, Some(target.as_str()), None);
     match (q.kind, target) {
         (ReadKind::List, prefix) => list(&s, &ctx, &prefix, q.cursor, q.limit).await,
         (ReadKind::Metadata, PathArg::Secret(path)) => metadata(&s, &ctx, &path).await,
@@ -344,10 +337,7 @@ async fn list(
             updated_at: rfc3339(i.updated_at),
         })
         .collect();
-    let prefix = match prefix {
-        PathArg::Root => ROOT,
-        PathArg::Secret(p) => p.as_str(),
-    };
+    let prefix = prefix.as_str();
     Ok(json_response(
         StatusCode::OK,
         &ReadOut::List(ListOut {
@@ -389,10 +379,7 @@ async fn metadata(s: &AppState, ctx: &Ctx, path: &SecretPath) -> Result<Response
 /// The body's `path`, which must name a secret (PUT and DELETE on the root
 /// itself are refused).
 fn secret_path(field: Option<Value>) -> Result<SecretPath, Error> {
-    match PathArg::parse(&required_string(field, "path")?)? {
-        PathArg::Secret(path) => Ok(path),
-        PathArg::Root => Err(PathError::IsRoot.into()),
-    }
+    Ok(SecretPath::parse(&required_string(field, "path")?)?)
 }
 
 /// `PUT /secrets {"path","value"}`

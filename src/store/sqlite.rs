@@ -410,28 +410,25 @@ fn run_batch(
     // Set per batch, so a failure to switch back can never leave data
     // writes unsynced.
     let sync = if batch.iter().any(|j| j.needs_sync) {
-        "FULL"
+        "PRAGMA synchronous = FULL"
     } else {
-        "NORMAL"
+        "PRAGMA synchronous = NORMAL"
     };
-    if let Err(e) = conn.execute_batch(&format!("PRAGMA synchronous = {sync}")) {
-        let err = Err(format!("setting synchronous: {e}"));
+    // A batch that cannot begin fails every job in it.
+    let refuse = |batch: &mut Vec<WriteJob>, e: String| {
+        let err = Err(e);
         forget();
         for job in batch.drain(..) {
             (job.run)(None)(&err);
         }
-        return false;
+        false
+    };
+    if let Err(e) = conn.execute_batch(sync) {
+        return refuse(batch, format!("setting synchronous: {e}"));
     }
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => {
-            let err = Err(e.to_string());
-            forget();
-            for job in batch.drain(..) {
-                (job.run)(None)(&err);
-            }
-            return false;
-        }
+        Err(e) => return refuse(batch, e.to_string()),
     };
     let answers: Vec<Answer> = (batch.drain(..).enumerate())
         .map(|(i, job)| {
