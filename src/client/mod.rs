@@ -69,6 +69,12 @@ impl Target {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/').to_owned()),
             None => (rest, String::new()),
         };
+        // user:password@host would put credentials into error messages and
+        // the Host header; keys go in --api-key or --header.
+        anyhow::ensure!(
+            !authority.contains('@'),
+            "--url must not carry credentials (user@host); pass the key with --api-key or --header"
+        );
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
                 h.trim_matches(['[', ']']).to_owned(),

@@ -131,16 +131,27 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
         use serde_json::error::Category;
         match e.classify() {
             Category::Data => {
-                let msg = e.to_string();
-                for field in ["path", "value", "version", "name", "role", "scopes", "ttl"] {
-                    if msg.starts_with(&format!("duplicate field `{field}`")) {
-                        return Error::bad_request(
-                            ErrorCode::InvalidJson,
-                            format!("duplicate field `{field}`"),
-                        );
-                    }
+                // serde's text can quote the input (a value): read the field
+                // name out of it, then wipe it.
+                let msg = Zeroizing::new(e.to_string());
+                let duplicate = msg
+                    .strip_prefix("duplicate field `")
+                    .and_then(|rest| rest.split('`').next())
+                    .and_then(|name| {
+                        ["path", "value", "version", "name", "role", "scopes", "ttl"]
+                            .into_iter()
+                            .find(|f| *f == name)
+                    });
+                match duplicate {
+                    Some(field) => Error::bad_request(
+                        ErrorCode::InvalidJson,
+                        format!("duplicate field `{field}`"),
+                    ),
+                    None => Error::bad_request(
+                        ErrorCode::InvalidJson,
+                        "request body must be a JSON object",
+                    ),
                 }
-                Error::bad_request(ErrorCode::InvalidJson, "request body must be a JSON object")
             }
             Category::Io | Category::Syntax | Category::Eof => Error::bad_request(
                 ErrorCode::InvalidJson,

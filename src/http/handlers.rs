@@ -581,8 +581,15 @@ pub async fn list_tokens(State(s): State<AppState>, ctx: Ctx) -> Result<Response
 pub async fn revoke_token(
     State(s): State<AppState>,
     ctx: Ctx,
-    Path(id): Path<String>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, Error> {
+    // An id that is not UTF-8 (`%FF`) names no token: the same JSON 404 as
+    // an unknown one, not the extractor's plain-text 400.
+    let Ok(Path(id)) = id else {
+        return Err(Error::NotFound(
+            "no such token within this token's scope".into(),
+        ));
+    };
     if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()) {
         ctx.note("token.revoke", Some(&format!("token:{id}")), None);
     }

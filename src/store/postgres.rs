@@ -118,6 +118,16 @@ fn is_retryable(e: &tokio_postgres::Error) -> bool {
 /// The error and its causes, e.g. "error performing TLS handshake: invalid
 /// peer certificate: UnknownIssuer".
 fn describe(e: &tokio_postgres::Error) -> String {
+    // A server error's DETAIL can quote row contents (a failing row, a
+    // duplicate key: envelopes, hashes); keep only severity, message, code.
+    if let Some(db) = e.as_db_error() {
+        return format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+    }
     let mut out = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {

@@ -515,3 +515,26 @@ async fn readiness_follows_the_newest_data_key() {
     assert_eq!(c.put_ok("tfy-secret/ready/a", "w").await, 2);
     assert_eq!(p.terminate(), Some(0));
 }
+
+/// A token id that is not UTF-8 gets the same JSON 404 as an unknown one
+/// (axum's path extractor would answer a plain-text 400).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_utf8_token_id_gets_a_json_404() {
+    let s = crate::common::TestServer::start_on(crate::common::Backend::Sqlite).await;
+    for id in ["%FF", "%C3%28", "tok_%FF"] {
+        let r = send(
+            s.addr(),
+            "DELETE",
+            &format!("/v1/tokens/{id}"),
+            &[("x-api-key", KEY)],
+            None,
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (404, "not_found"),
+            "{id}"
+        );
+        assert!(r.header("content-type").starts_with("application/json"));
+    }
+}

@@ -583,3 +583,16 @@ async fn https_with_a_private_ca() {
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert_eq!(o.stdout, b"over-tls");
 }
+
+#[test]
+fn credentials_in_the_url_are_refused_and_never_echoed() {
+    let o = run_with(
+        "http://admin:url-password-5e1d@127.0.0.1:9/",
+        KEY,
+        &["get", "acme:x"],
+        b"",
+    );
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("must not carry credentials"), "{o:?}");
+    assert!(!o.stderr.contains("url-password-5e1d"), "{o:?}");
+}
