@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use secretd::config::{SecretString, ServeConfig};
 use secretd::http::AppState;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
 pub const KEY: &str = "test-key-0123456789abcdef";
@@ -674,14 +674,32 @@ pub fn test_seed() -> u64 {
 /// Prints a goal's one-line JSON summary to stderr:
 /// `{"goal":..,"runs":..,"violations":..,"seed":..}`.
 pub fn goal_summary(goal: &str, runs: u64, violations: u64, seed: u64) {
-    eprintln!(
-        "{}",
-        serde_json::json!({ "goal": goal, "runs": runs, "violations": violations, "seed": seed })
-    );
+    goal_line(goal, runs, violations, seed, serde_json::json!({}));
+}
+
+/// Prints (to stderr) and returns a goal's summary line with `extra`
+/// figures added beside `{goal, runs, violations, seed}`.
+pub fn goal_line(
+    goal: &str,
+    runs: u64,
+    violations: u64,
+    seed: u64,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut line =
+        serde_json::json!({ "goal": goal, "runs": runs, "violations": violations, "seed": seed });
+    if let (Some(l), Some(e)) = (line.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            l.insert(k.clone(), v.clone());
+        }
+    }
+    eprintln!("{line}");
+    line
 }
 
 /// A small deterministic generator (SplitMix64) for test-side randomness
 /// derived from [`test_seed`].
+#[derive(Clone)]
 pub struct SeedRng(u64);
 
 impl SeedRng {
@@ -702,6 +720,16 @@ impl SeedRng {
         z ^ (z >> 31)
     }
 
+    /// Uniform in `lo..hi` (`hi > lo`).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo)
+    }
+
+    /// An independent generator for one worker, derived from this one.
+    pub fn fork(&mut self, salt: u64) -> SeedRng {
+        SeedRng(self.next_u64() ^ salt.wrapping_mul(0xa076_1d64_78bd_642f))
+    }
+
     /// Fisher-Yates.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
@@ -719,13 +747,6 @@ pub fn goal_report(
     seed: u64,
     extra: serde_json::Value,
 ) {
-    let mut line =
-        json!({"goal": goal, "runs": runs, "violations": violations.len(), "seed": seed});
-    if let (Some(l), Some(e)) = (line.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            l.insert(k.clone(), v.clone());
-        }
-    }
-    eprintln!("{line}");
+    goal_line(goal, runs as u64, violations.len() as u64, seed, extra);
     assert!(violations.is_empty(), "{goal}: {violations:#?}");
 }

@@ -44,29 +44,6 @@ fn long_tests() -> bool {
     std::env::var("SECRETD_LONG_TESTS").as_deref() == Ok("1")
 }
 
-/// SplitMix64: small, seedable, good enough to pick moments and paths.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-
-    fn fork(&mut self, salt: u64) -> Rng {
-        Rng(self.next() ^ salt.wrapping_mul(0xa076_1d64_78bd_642f))
-    }
-}
-
 /// One request that may fail because the server died or hung: `None` then.
 /// A status counts only with its whole body read.
 async fn try_send(
@@ -227,7 +204,7 @@ fn crash_path(k: u64) -> String {
 /// versions) until `stop`.
 async fn crash_client(
     addr: SocketAddr,
-    mut rng: Rng,
+    mut rng: SeedRng,
     tag: String,
     model: Arc<Mutex<Model>>,
     stop: Arc<AtomicBool>,
@@ -284,7 +261,7 @@ async fn crash_client(
             continue;
         }
         let filler = "x".repeat(rng.range(0, 300) as usize);
-        let value = format!("{tag}-i{i}-{:016x}-{filler}", rng.next());
+        let value = format!("{tag}-i{i}-{:016x}-{filler}", rng.next_u64());
         model
             .lock()
             .expect("lock")
@@ -329,7 +306,7 @@ async fn verify_after_restart(
     c: &Client,
     data: &Path,
     model: &Mutex<Model>,
-    rng: &mut Rng,
+    rng: &mut SeedRng,
     sample: usize,
     full: bool,
     viol: &Violations,
@@ -520,7 +497,7 @@ async fn verify_after_restart(
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_durability() {
     let seed = seed("crash_durability");
-    let mut rng = Rng(seed);
+    let mut rng = SeedRng::new(seed);
     let cycles = if long_tests() { 200 } else { 30 };
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
@@ -618,22 +595,23 @@ async fn crash_durability() {
         ));
     }
     let m = model.lock().expect("lock");
-    let summary = json!({
-        "goal": "crash_durability",
-        "audit_verify": audit,
-        "runs": cycles,
-        "violations": viol.count(),
-        "seed": seed,
-        "acked_puts": m.acked_puts,
-        "acked_deletes": m.acked_deletes,
-        "versions_verified_at_end": m.puts.len(),
-        "envelopes_compared": m.envelopes_compared,
-        "in_flight_present": present,
-        "in_flight_absent": absent,
-        "kills": kills,
-        "secs": started.elapsed().as_secs_f64().round(),
-    });
-    eprintln!("{summary}");
+    let summary = goal_line(
+        "crash_durability",
+        cycles as u64,
+        viol.count() as u64,
+        seed,
+        json!({
+            "audit_verify": audit,
+            "acked_puts": m.acked_puts,
+            "acked_deletes": m.acked_deletes,
+            "versions_verified_at_end": m.puts.len(),
+            "envelopes_compared": m.envelopes_compared,
+            "in_flight_present": present,
+            "in_flight_absent": absent,
+            "kills": kills,
+            "secs": started.elapsed().as_secs_f64().round(),
+        }),
+    );
     assert_eq!(viol.count(), 0, "see VIOLATION lines above");
     assert!(
         m.acked_puts >= cycles as u64 * 20,
@@ -873,7 +851,7 @@ async fn power_loss_every_put_ack_follows_a_wal_sync() {
     if !required_or_skip("power_loss", strace_usable()) {
         return;
     }
-    let mut rng = Rng(seed);
+    let mut rng = SeedRng::new(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let trace = dir.path().join("strace.txt");
@@ -938,19 +916,20 @@ async fn power_loss_every_put_ack_follows_a_wal_sync() {
         eprintln!("VIOLATION: {v}");
     }
     let per_put = rep.wal_syncs as f64 / acked as f64;
-    let summary = json!({
-        "goal": "power_loss",
-        "runs": 1,
-        "violations": rep.violations.len(),
-        "seed": seed,
-        "puts_acked": acked,
-        "acks_in_trace": rep.acks,
-        "wal_syncs": rep.wal_syncs,
-        "wal_syncs_per_put": (per_put * 1000.0).round() / 1000.0,
-        "concurrency": concurrency,
-        "trace_mib": text.len() >> 20,
-    });
-    eprintln!("{summary}");
+    let summary = goal_line(
+        "power_loss",
+        1,
+        rep.violations.len() as u64,
+        seed,
+        json!({
+            "puts_acked": acked,
+            "acks_in_trace": rep.acks,
+            "wal_syncs": rep.wal_syncs,
+            "wal_syncs_per_put": (per_put * 1000.0).round() / 1000.0,
+            "concurrency": concurrency,
+            "trace_mib": text.len() >> 20,
+        }),
+    );
     assert_eq!(
         rep.acks as u64, acked,
         "every acknowledged PUT is in the trace"
@@ -1032,7 +1011,7 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread")]
 async fn disk_full_fails_writes_cleanly_and_recovers() {
     let seed = seed("disk_full");
-    let mut rng = Rng(seed);
+    let mut rng = SeedRng::new(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let mnt = match Tmpfs::mount(&dir.path().join("mnt"), "6m") {
         Ok(m) => m,
@@ -1066,9 +1045,9 @@ async fn disk_full_fails_writes_cleanly_and_recovers() {
                 i += 1;
                 let path = format!("tfy-secret/full/p{}", rng.range(0, 16));
                 let len = rng.range(16 << 10, 48 << 10) as usize;
-                let mut value = format!("w{w}-i{i}-{:016x}-", rng.next());
+                let mut value = format!("w{w}-i{i}-{:016x}-", rng.next_u64());
                 while value.len() < len {
-                    value.push_str(&format!("{:016x}", rng.next()));
+                    value.push_str(&format!("{:016x}", rng.next_u64()));
                 }
                 let body = json!({ "path": path, "value": value }).to_string();
                 let t = Instant::now();
@@ -1204,7 +1183,7 @@ async fn disk_full_fails_writes_cleanly_and_recovers() {
     let t = Instant::now();
     let mut first_ok = None;
     for attempt in 1..=10 {
-        let value = format!("after-{attempt}-{:016x}", rng.next());
+        let value = format!("after-{attempt}-{:016x}", rng.next_u64());
         let body = json!({ "path": "tfy-secret/full/after", "value": value }).to_string();
         if let Some((200, b)) = try_send(
             c.addr,
@@ -1260,18 +1239,19 @@ async fn disk_full_fails_writes_cleanly_and_recovers() {
         viol.add(b);
     }
     drop(p);
-    let summary = json!({
-        "goal": "disk_full",
-        "runs": 1,
-        "violations": viol.count(),
-        "seed": seed,
-        "acked": acked.len(),
-        "failed": &*failed.lock().expect("lock"),
-        "slowest_failure_ms": slowest_failure_ms.load(Ordering::Relaxed),
-        "deletes_while_full": delete_outcomes,
-        "reads_refused_while_full": reads_refused_while_full,
-        "recovered_ms": recovered_ms,
-    });
-    eprintln!("{summary}");
+    goal_line(
+        "disk_full",
+        1,
+        viol.count() as u64,
+        seed,
+        json!({
+            "acked": acked.len(),
+            "failed": &*failed.lock().expect("lock"),
+            "slowest_failure_ms": slowest_failure_ms.load(Ordering::Relaxed),
+            "deletes_while_full": delete_outcomes,
+            "reads_refused_while_full": reads_refused_while_full,
+            "recovered_ms": recovered_ms,
+        }),
+    );
     assert_eq!(viol.count(), 0, "see VIOLATION lines above");
 }
