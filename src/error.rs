@@ -279,8 +279,16 @@ impl IntoResponse for Error {
 
 /// A JSON response with `Content-Type: application/json`.
 pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => {
+    json_response_sized(status, body, 128)
+}
+
+/// [`json_response`] into a buffer of `capacity` bytes: sized for the
+/// body, it is written once, never regrown (a regrown buffer costs a copy
+/// and, for a secret value, leaves an unwiped copy behind).
+pub fn json_response_sized(status: StatusCode, body: &impl Serialize, capacity: usize) -> Response {
+    let mut bytes = Vec::with_capacity(capacity);
+    match serde_json::to_writer(&mut bytes, body) {
+        Ok(()) => {
             let mut r = (status, bytes).into_response();
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -351,6 +351,18 @@ impl Service {
     /// Appends an audit record (batched with others) and waits until it is
     /// committed. Fails closed: an error here must stop the response.
     pub async fn audit(&self, record: AuditRecord) -> Result<(), Error> {
+        if self.store.batches_audit() {
+            // The store folds concurrent appends into one transaction itself.
+            let streamed = self.stream.is_some().then(|| record.clone());
+            self.store
+                .append_audit(vec![record])
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("audit append failed: {e}")))?;
+            if let Some(r) = streamed {
+                self.emit(r);
+            }
+            return Ok(());
+        }
         let (tx, rx) = oneshot::channel();
         self.audit
             .tx

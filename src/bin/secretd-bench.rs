@@ -135,6 +135,9 @@ struct Measured {
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
+    /// CPU time the server process spent per request (user + system, all
+    /// threads): steadier than req/s on a noisy machine.
+    cpu_us_per_req: f64,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -145,8 +148,11 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
 }
 
-/// Drives `workload` closed-loop at `concurrency` for `secs`.
+/// Drives `workload` closed-loop at `concurrency` for `secs` against the
+/// server process `pid` listening on `addr`.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
+    pid: u32,
     addr: SocketAddr,
     key: &str,
     workload: Workload,
@@ -155,6 +161,7 @@ async fn drive(
     concurrency: usize,
     secs: f64,
 ) -> anyhow::Result<Measured> {
+    let cpu_before = cpu_seconds(pid);
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let key: Arc<str> = Arc::from(key);
     let mut tasks = Vec::new();
@@ -227,7 +234,25 @@ async fn drive(
         p50_ms: percentile(&all, 0.50),
         p99_ms: percentile(&all, 0.99),
         p999_ms: percentile(&all, 0.999),
+        cpu_us_per_req: ((cpu_seconds(pid) - cpu_before) * 1e6 / all.len().max(1) as f64 * 10.0)
+            .round()
+            / 10.0,
     })
+}
+
+/// CPU seconds (user + system, every thread) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    // Fields 14 and 15 of /proc/PID/stat, counted after the command name
+    // (which may hold spaces), in USER_HZ ticks: 100 per second on Linux.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
 }
 
 /// Peak resident set size of a process, in MiB.
@@ -407,6 +432,7 @@ fn row(name: &str, m: &Measured, ceiling_rps: f64, rss: f64) -> Value {
         "p99_ms": m.p99_ms,
         "p999_ms": m.p999_ms,
         "peak_rss_mib": (rss * 10.0).round() / 10.0,
+        "server_cpu_us_per_req": m.cpu_us_per_req,
     })
 }
 
@@ -437,6 +463,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .env("SECRETD_API_KEYS", key);
     let ceiling_server = spawn(cmd)?;
     let ceil = drive(
+        ceiling_server.child.id(),
         ceiling_server.addr,
         key,
         Workload::GetLatest,
@@ -489,6 +516,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         for &w in workloads {
             let m = drive(
+                pid,
                 server.addr,
                 key,
                 w,
@@ -500,7 +528,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await?;
             let rss = peak_rss_mib(pid);
             eprintln!(
-                "{n} secrets, {}: {:.0} req/s ({:.2} of ceiling), p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} errors, peak RSS {:.1} MiB",
+                "{n} secrets, {}: {:.0} req/s ({:.2} of ceiling), p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} errors, peak RSS {:.1} MiB, server CPU {:.1} us/req",
                 w.name(),
                 m.rps,
                 m.rps / ceil.rps,
@@ -508,12 +536,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 m.p99_ms,
                 m.p999_ms,
                 m.errors,
-                rss
+                rss,
+                m.cpu_us_per_req
             );
             if w == Workload::GetLatest {
                 by_size.push(json!({
                     "secrets": n, "rps": m.rps.round(), "ratio_to_ceiling": (m.rps / ceil.rps * 1000.0).round() / 1000.0,
                     "p50_ms": m.p50_ms, "p99_ms": m.p99_ms, "peak_rss_mib": (rss * 10.0).round() / 10.0,
+                    "server_cpu_us_per_req": m.cpu_us_per_req,
                     "startup_to_ready_ms": ready.as_millis(),
                 }));
             }
@@ -545,12 +575,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let mut md = format!(
         "Backend {backend}, {} secrets x {} versions, concurrency {}, {} s per workload, {} cores, encryption and audit on.\n\n\
-         | workload | req/s | ratio to ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n",
+         | workload | req/s | ratio to ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB | server CPU µs/req |\n|---|---|---|---|---|---|---|---|---|\n",
         args.secrets, args.versions, args.concurrency, args.seconds, result["cores"]
     );
     for r in result["workloads"].as_array().into_iter().flatten() {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r["workload"].as_str().unwrap_or(""),
             r["rps"],
             r["ratio_to_ceiling"],
@@ -558,7 +588,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             r["p99_ms"],
             r["p999_ms"],
             r["errors"],
-            r["peak_rss_mib"]
+            r["peak_rss_mib"],
+            r["server_cpu_us_per_req"]
         ));
     }
     if by_size.len() > 1 {

@@ -18,6 +18,8 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::{IntoResponses, ToSchema};
 
+use std::sync::Arc;
+
 use super::AppState;
 use super::body::{
     DeleteBody, PutBody, ReadKind, SecretQuery, TokenBody, optional_version, read_json,
@@ -25,7 +27,7 @@ use super::body::{
 };
 use super::middleware::{Audited, Ctx};
 use crate::authz::{Role, Scope};
-use crate::error::{Error, ErrorBody, ErrorCode, json_response};
+use crate::error::{Error, ErrorBody, ErrorCode, json_response, json_response_sized};
 use crate::path::{PathArg, PathError, ROOT, SecretPath};
 use crate::service::TokenInfo;
 
@@ -254,7 +256,7 @@ const DEFAULT_LIST_LIMIT: usize = 100;
     security(("api_key" = []), ("bearer" = []), ("basic" = [])),
 )]
 pub async fn get_secret(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     ctx: Ctx,
     RawQuery(q): RawQuery,
 ) -> Result<Response, Error> {
@@ -290,7 +292,9 @@ pub async fn get_secret(
         (ReadKind::Value, PathArg::Secret(path)) => {
             let v = s.service.get(&ctx.req, &path, q.version).await?;
             ctx.note(op, None, Some(v.version.as_i64()));
-            Ok(json_response(
+            // Room for the value, a few escapes, the path and the fields.
+            let capacity = v.value.len() + v.value.len() / 8 + v.path.as_str().len() + 128;
+            Ok(json_response_sized(
                 StatusCode::OK,
                 &ReadOut::Value(SecretOut {
                     path: v.path.as_str(),
@@ -298,6 +302,7 @@ pub async fn get_secret(
                     value: &v.value,
                     created_at: Some(rfc3339(v.created_at_ms)),
                 }),
+                capacity,
             ))
         }
     }
@@ -401,7 +406,7 @@ fn secret_path(field: Option<Value>) -> Result<SecretPath, Error> {
     security(("api_key" = []), ("bearer" = []), ("basic" = [])),
 )]
 pub async fn put_secret(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     ctx: Ctx,
     headers: HeaderMap,
     body: Body,
@@ -441,7 +446,7 @@ pub async fn put_secret(
     security(("api_key" = []), ("bearer" = []), ("basic" = [])),
 )]
 pub async fn delete_secret(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     ctx: Ctx,
     headers: HeaderMap,
     body: Body,
@@ -498,7 +503,7 @@ fn token_out(t: &TokenInfo) -> TokenOut {
     security(("api_key" = []), ("bearer" = []), ("basic" = [])),
 )]
 pub async fn create_token(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     ctx: Ctx,
     headers: HeaderMap,
     body: Body,
@@ -556,7 +561,7 @@ pub async fn create_token(
     ),
     security(("api_key" = []), ("bearer" = []), ("basic" = [])),
 )]
-pub async fn list_tokens(State(s): State<AppState>, ctx: Ctx) -> Result<Response, Error> {
+pub async fn list_tokens(State(s): State<Arc<AppState>>, ctx: Ctx) -> Result<Response, Error> {
     let tokens = s.service.list_tokens(&ctx.req).await?;
     let tokens = tokens.iter().map(token_out).collect();
     Ok(json_response(StatusCode::OK, &TokenList { tokens }))
@@ -579,7 +584,7 @@ pub async fn list_tokens(State(s): State<AppState>, ctx: Ctx) -> Result<Response
     security(("api_key" = []), ("bearer" = []), ("basic" = [])),
 )]
 pub async fn revoke_token(
-    State(s): State<AppState>,
+    State(s): State<Arc<AppState>>,
     ctx: Ctx,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, Error> {
@@ -613,7 +618,7 @@ pub async fn revoke_token(
     responses((status = 200, description = "Prometheus text exposition format 0.0.4",
         body = String, content_type = "text/plain")),
 )]
-pub async fn metrics(State(s): State<AppState>) -> Response {
+pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let text = s.metrics.render(s.service.gauges().await);
     let mut r = (StatusCode::OK, text).into_response();
     r.headers_mut().insert(
@@ -647,7 +652,7 @@ pub async fn healthz() -> Response {
         (status = 503, description = "`unavailable`: the store cannot be reached", body = ErrorBody),
     ),
 )]
-pub async fn readyz(State(s): State<AppState>) -> Result<Response, Error> {
+pub async fn readyz(State(s): State<Arc<AppState>>) -> Result<Response, Error> {
     // A load balancer must learn of an unreachable store within its probe
     // interval, not after the store's own (longer) operation deadline.
     tokio::time::timeout(READY_TIMEOUT, s.service.ready())

@@ -60,7 +60,7 @@ fn next_request_id() -> String {
 /// Outermost layer: assigns a request id, marks every response
 /// `Cache-Control: no-store`, and logs one line per request with the matched
 /// route (never the raw URI: the query holds paths) and the key id.
-pub async fn request_log(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn request_log(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = next_request_id();
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -160,12 +160,31 @@ async fn resolve_tokens(s: &AppState, slots: Vec<Slot>) -> Result<Option<Princip
     Ok(who)
 }
 
+/// The layer of every API route (secrets and tokens), outer to inner:
+/// the audit record around authentication around the read deadline.
+/// One layer rather than three: each layer costs every request a boxed
+/// future and a clone of the router.
+pub async fn protect(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let audit = Pending::new(&mut req);
+    let ip = client_addr(&req).map(|a| a.ip());
+    let (res, principal) = match authenticate(&s, ip, req.headers()).await {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal.clone());
+            let mut res = deadline(&s, req, next).await;
+            res.extensions_mut().insert(KeyId(principal.id.clone()));
+            (res, Some(principal))
+        }
+        Err(refused) => (refused, None),
+    };
+    audit.finish(&s, res, principal).await
+}
+
 /// Cuts a read off after the request timeout with 503 `timeout`. Writes
 /// are never cut off: once a write reaches the store it may commit, and a
 /// "503, try again" would then invite a duplicate (or hide a token shown only
 /// once). Their client-facing part is bounded by the body timeout, and the
 /// store's own timeouts bound the rest.
-pub async fn deadline(State(s): State<AppState>, req: Request, next: Next) -> Response {
+async fn deadline(s: &AppState, req: Request, next: Next) -> Response {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return next.run(req).await;
     }
@@ -175,55 +194,52 @@ pub async fn deadline(State(s): State<AppState>, req: Request, next: Next) -> Re
     }
 }
 
-/// Authenticates the request (401 if not, 429 if its address failed too
-/// often) and hands the principal to the handler and the audit layer.
+/// Authenticates the request: its principal, or the 401/429 to answer.
 ///
 /// Static keys (which may be weak) are checked with no I/O between the
 /// limiter's check and its count, so a concurrent burst of guesses cannot
 /// exceed the limit. Managed tokens (256 random bits) need a store lookup:
 /// their failures are counted when the lookup answers, and concurrent valid
 /// tokens never count against their address.
-pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    let ip = client_addr(&req).map(|a| a.ip());
+async fn authenticate(
+    s: &AppState,
+    ip: Option<std::net::IpAddr>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Principal, Response> {
     if let Some(ip) = ip
         && let Err(secs) = s.limiter.attempt(ip)
     {
-        return Error::RateLimited {
+        return Err(Error::RateLimited {
             retry_after_secs: secs,
         }
-        .into_response();
+        .into_response());
     }
-    let creds = s.api_keys.credentials(req.headers());
-    let principal = match resolve_now(&s, creds) {
+    let creds = s.api_keys.credentials(headers);
+    match resolve_now(s, creds) {
         Resolved::Static(p) => {
             if let Some(ip) = ip {
                 s.limiter.succeeded(ip);
             }
-            p
+            Ok(p)
         }
         // The attempt stays counted as a failure.
-        Resolved::Invalid => return Error::Unauthorized.into_response(),
+        Resolved::Invalid => Err(Error::Unauthorized.into_response()),
         Resolved::Lookup(slots) => {
             if let Some(ip) = ip {
                 s.limiter.succeeded(ip); // un-count before waiting on the store
             }
-            match resolve_tokens(&s, slots).await {
-                Ok(Some(p)) => p,
+            match resolve_tokens(s, slots).await {
+                Ok(Some(p)) => Ok(p),
                 Ok(None) => {
                     if let Some(ip) = ip {
                         s.limiter.fail(ip);
                     }
-                    return Error::Unauthorized.into_response();
+                    Err(Error::Unauthorized.into_response())
                 }
-                Err(e) => return e.into_response(),
+                Err(e) => Err(e.into_response()),
             }
         }
-    };
-    req.extensions_mut().insert(principal.clone());
-    let mut res = next.run(req).await;
-    res.extensions_mut().insert(KeyId(principal.id.clone()));
-    res.extensions_mut().insert(principal);
-    res
+    }
 }
 
 fn default_operation(method: &Method, route: &str) -> &'static str {
@@ -239,64 +255,86 @@ fn default_operation(method: &Method, route: &str) -> &'static str {
     }
 }
 
-/// Appends one audit record for every request that reaches the secrets or
-/// token API, unless its write already committed one. Fails closed: if the
-/// record cannot be stored, the response (and any value in it) is replaced
-/// by a 503.
-pub async fn audit(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    let slot: AuditSlot = Arc::default();
-    req.extensions_mut().insert(Arc::clone(&slot));
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_default();
-    let default_op = default_operation(req.method(), &route);
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
-    let client = client_addr(&req).map(|a| a.to_string());
-    let res = next.run(req).await;
-    if res.extensions().get::<Audited>().is_some() {
-        return res;
+/// The audit record of one API request, begun before it is handled.
+struct Pending {
+    slot: AuditSlot,
+    default_op: &'static str,
+    request_id: String,
+    client: Option<String>,
+}
+
+impl Pending {
+    fn new(req: &mut Request) -> Self {
+        let slot: AuditSlot = Arc::default();
+        req.extensions_mut().insert(Arc::clone(&slot));
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str);
+        let default_op = default_operation(req.method(), route.unwrap_or_default());
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        Pending {
+            slot,
+            default_op,
+            request_id,
+            client: client_addr(req).map(|a| a.to_string()),
+        }
     }
-    let principal = res.extensions().get::<Principal>();
-    let status = res.status().as_u16();
-    let (operation, path, version) = match slot.lock() {
-        Ok(mut i) => (i.operation.unwrap_or(default_op), i.path.take(), i.version),
-        Err(_) => (default_op, None, None),
-    };
-    let record = AuditRecord {
-        time_ms: now_ms(),
-        request_id,
-        token_id: principal.map(|p| p.id.clone()),
-        token_name: principal.map(|p| p.name.clone()),
-        client,
-        operation: operation.to_owned(),
-        path,
-        version,
-        outcome: outcome_of(status).to_owned(),
-        status,
-    };
-    if status == 503 {
-        // Nothing was served (the store or the deadline refused it): record
-        // it as soon as the store can take it, without making the client
-        // wait out a second store timeout for an answer that is already 503.
-        let service = Arc::clone(&s.service);
-        tokio::spawn(async move {
-            if let Err(e) = service.audit(record).await {
-                tracing::warn!(error = %e, "audit record of a 503 could not be stored");
+
+    /// Appends the record of every request that reached the API, unless its
+    /// write already committed one. Fails closed: if the record cannot be
+    /// stored, the response (and any value in it) is replaced by a 503.
+    async fn finish(self, s: &AppState, res: Response, principal: Option<Principal>) -> Response {
+        if res.extensions().get::<Audited>().is_some() {
+            return res;
+        }
+        let status = res.status().as_u16();
+        let (operation, path, version) = match self.slot.lock() {
+            Ok(mut i) => (
+                i.operation.unwrap_or(self.default_op),
+                i.path.take(),
+                i.version,
+            ),
+            Err(_) => (self.default_op, None, None),
+        };
+        let (token_id, token_name) = match principal {
+            Some(p) => (Some(p.id), Some(p.name)),
+            None => (None, None),
+        };
+        let record = AuditRecord {
+            time_ms: now_ms(),
+            request_id: self.request_id,
+            token_id,
+            token_name,
+            client: self.client,
+            operation: operation.to_owned(),
+            path,
+            version,
+            outcome: outcome_of(status).to_owned(),
+            status,
+        };
+        if status == 503 {
+            // Nothing was served (the store or the deadline refused it): record
+            // it as soon as the store can take it, without making the client
+            // wait out a second store timeout for an answer that is already 503.
+            let service = Arc::clone(&s.service);
+            tokio::spawn(async move {
+                if let Err(e) = service.audit(record).await {
+                    tracing::warn!(error = %e, "audit record of a 503 could not be stored");
+                }
+            });
+            return res;
+        }
+        match s.service.audit(record).await {
+            Ok(()) => res,
+            Err(e) => {
+                tracing::error!(error = %e, "audit record could not be stored; refusing the response");
+                Error::Unavailable("audit log unavailable".into()).into_response()
             }
-        });
-        return res;
-    }
-    match s.service.audit(record).await {
-        Ok(()) => res,
-        Err(e) => {
-            tracing::error!(error = %e, "audit record could not be stored; refusing the response");
-            Error::Unavailable("audit log unavailable".into()).into_response()
         }
     }
 }
@@ -324,14 +362,17 @@ impl Ctx {
     }
 }
 
-impl FromRequestParts<AppState> for Ctx {
+impl FromRequestParts<Arc<AppState>> for Ctx {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, _s: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _s: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        // Moved out: the protect layer keeps its own copy for the audit.
         let principal = parts
             .extensions
-            .get::<Principal>()
-            .cloned()
+            .remove::<Principal>()
             .ok_or(Error::Unauthorized)?;
         let request_id = parts
             .extensions

@@ -46,6 +46,8 @@ pub struct AppState {
 /// `/openapi.json` document built from that same table, and the request log
 /// around everything.
 pub fn router(state: AppState) -> Router {
+    // One allocation shared by every request (cloning it is one increment).
+    let state = Arc::new(state);
     let (routes, doc) = api(&state).split_for_parts();
     routes
         .fallback(handlers::route_not_found)
@@ -62,22 +64,14 @@ pub fn router(state: AppState) -> Router {
 /// handlers' `#[utoipa::path]`, so the router and `GET /openapi.json` cannot
 /// disagree. Every route answers other methods with 405 and an `Allow`
 /// header computed from the same registration.
-pub fn api(state: &AppState) -> OpenApiRouter<AppState> {
-    // Inner to outer: the 405 fallback, the request deadline, authenticate,
-    // then audit (so 401s, 429s, 405s and timeouts are audited).
-    let protected = |r: UtoipaMethodRouter<AppState>| {
+pub fn api(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
+    // The 405 fallback inside; audit, authentication and the read deadline
+    // around it (so 401s, 429s, 405s and timeouts are audited).
+    let protected = |r: UtoipaMethodRouter<Arc<AppState>>| {
         allow_others(r).map(|m| {
             m.layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                middleware::deadline,
-            ))
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                middleware::authenticate,
-            ))
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                middleware::audit,
+                Arc::clone(state),
+                middleware::protect,
             ))
         })
     };
@@ -104,18 +98,18 @@ pub fn api(state: &AppState) -> OpenApiRouter<AppState> {
 
 /// Adds the 405 fallback, its `Allow` header listing the methods registered
 /// (and documented) for the path.
-fn allow_others(r: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {
+fn allow_others(r: UtoipaMethodRouter<Arc<AppState>>) -> UtoipaMethodRouter<Arc<AppState>> {
     let allow = openapi::allow_header(&r.1);
     r.map(|m| m.fallback(move || async move { handlers::method_not_allowed(allow) }))
 }
 
-fn metrics_routes() -> OpenApiRouter<AppState> {
+fn metrics_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::default().routes(allow_others(routes!(handlers::metrics)))
 }
 
 /// The router of the separate metrics listener (`--metrics-listen`).
 pub fn metrics_router(state: AppState) -> Router {
-    Router::from(metrics_routes()).with_state(state)
+    Router::from(metrics_routes()).with_state(Arc::new(state))
 }
 
 /// Limits of the transport, against slow and greedy clients, and TLS.

@@ -189,7 +189,7 @@ mod tests {
     fn row(v: u64, fill: u8) -> StoredVersion {
         StoredVersion {
             version: Version::new(v).unwrap(),
-            envelope: vec![fill; 100],
+            envelope: vec![fill; 100].into(),
             created_at_ms: 1,
         }
     }
@@ -221,8 +221,11 @@ mod tests {
         c.insert(t, &a, Some(Version::new(3).unwrap()), &row(3, 3));
         assert!(c.get(&a, None).is_err(), "a version is not the latest");
         assert_eq!(
-            c.get(&a, Some(Version::new(3).unwrap())).unwrap().envelope,
-            vec![3; 100]
+            c.get(&a, Some(Version::new(3).unwrap()))
+                .unwrap()
+                .envelope
+                .as_ref(),
+            &*vec![3u8; 100]
         );
         for i in 0..1000 {
             let q = p(&format!("tfy-secret/many/{i}"));

@@ -68,7 +68,8 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct StoredVersion {
     pub version: Version,
-    pub envelope: Vec<u8>,
+    /// Shared: a cached envelope is handed out without copying it.
+    pub envelope: std::sync::Arc<[u8]>,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: i64,
 }
@@ -338,6 +339,13 @@ pub trait Store: Send + Sync + 'static {
     /// before returning, but without its own fsync: these are the records of
     /// reads and refusals, and the next durable commit syncs them.
     fn append_audit(&self, records: Vec<AuditRecord>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// True if concurrent [`Store::append_audit`] calls are already folded
+    /// into shared transactions by the backend (the embedded store's writer
+    /// thread), so callers need not batch records themselves.
+    fn batches_audit(&self) -> bool {
+        false
+    }
 
     /// Chained records with `seq > after`, in order, at most `limit`.
     fn audit_page(

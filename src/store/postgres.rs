@@ -557,9 +557,50 @@ async fn append_audit_tx(
         )
         .await?
         .map_or((0, audit::GENESIS.to_vec()), |r| (r.get(0), r.get(1)));
-    for r in audit::chain(key, head, records.to_vec()) {
-        insert_audit(tx, &r).await?;
+    let chained = audit::chain(key, head, records.to_vec());
+    if let [one] = chained.as_slice() {
+        insert_audit(tx, one).await?;
+    } else {
+        insert_audits(tx, &chained).await?;
     }
+    Ok(())
+}
+
+/// Inserts many chained records in one statement (one round trip): a
+/// batch of read records costs the same few round trips as one record.
+async fn insert_audits(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[ChainedRecord],
+) -> Result<(), tokio_postgres::Error> {
+    fn col<'a, T>(rows: &'a [ChainedRecord], f: impl Fn(&'a ChainedRecord) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
+    }
+    let stmt = tx
+        .prepare_cached(&format!(
+            "INSERT INTO audit_log ({AUDIT_COLUMNS})
+             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[],
+                                  $7::TEXT[], $8::TEXT[], $9::BIGINT[], $10::TEXT[], $11::INTEGER[], $12::BYTEA[], $13::BYTEA[])"
+        ))
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &col(rows, |r| r.seq),
+            &col(rows, |r| r.record.time_ms),
+            &col(rows, |r| r.record.request_id.as_str()),
+            &col(rows, |r| r.record.token_id.as_deref()),
+            &col(rows, |r| r.record.token_name.as_deref()),
+            &col(rows, |r| r.record.client.as_deref()),
+            &col(rows, |r| r.record.operation.as_str()),
+            &col(rows, |r| r.record.path.as_deref()),
+            &col(rows, |r| r.record.version),
+            &col(rows, |r| r.record.outcome.as_str()),
+            &col(rows, |r| i32::from(r.record.status)),
+            &col(rows, |r| r.prev_hash.as_slice()),
+            &col(rows, |r| r.hash.as_slice()),
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -790,7 +831,7 @@ impl Store for PgStore {
             row.map(|r| {
                 Ok(StoredVersion {
                     version: db_version(path, r.get(0))?,
-                    envelope: r.get(1),
+                    envelope: r.get::<_, &[u8]>(1).into(),
                     created_at_ms: r.get(2),
                 })
             })

@@ -9,6 +9,7 @@
 //!   on the calling async worker, longer ones on a blocking thread; WAL lets
 //!   them run beside the writer without locks.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::cache::ReadCache;
 use super::{
@@ -44,21 +45,43 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// One queued write. `run` applies it inside the batch transaction (in its
-/// own savepoint) and returns how to answer the caller once the commit
-/// outcome is known; given `None` (the transaction could not begin) it
-/// answers with an error.
+/// One queued write.
 struct WriteJob {
-    run: RunJob,
+    work: Work,
     /// Deletes envelopes: checkpoint and truncate the WAL before answering.
     destroys: bool,
     /// Must be on stable storage when answered. Only audit records of reads
-    /// and refusals are not: a batch of nothing else commits without an
-    /// fsync, and the next durable commit syncs them with it.
+    /// and refusals are not: they are answered once committed, and the next
+    /// WAL sync covers them.
     needs_sync: bool,
     /// What the read cache must forget once this job's batch has ended
-    /// (committed or not), before it is answered.
+    /// (committed or not), before it is answered; also what reads must not
+    /// see until the batch is synced.
     invalidates: Invalidate,
+}
+
+enum Work {
+    /// Applied inside the batch transaction in its own savepoint; returns
+    /// how to answer the caller once the outcome is known. Given `None` (the
+    /// transaction could not begin) it answers with an error.
+    Run(RunJob),
+    /// Audit records of reads and refusals. All of a batch's are chained and
+    /// inserted together, in one savepoint.
+    Audit {
+        key: Arc<AuditKey>,
+        records: Vec<AuditRecord>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+impl Work {
+    /// The answer of a job whose batch could not begin.
+    fn refused(self) -> Answer {
+        match self {
+            Work::Run(run) => run(None),
+            Work::Audit { reply, .. } => answer(reply, Ok(())),
+        }
+    }
 }
 
 /// Read-cache entries a write makes stale.
@@ -70,16 +93,16 @@ enum Invalidate {
 
 type RunJob = Box<dyn FnOnce(Option<&Connection>) -> Answer + Send>;
 
-/// Answers one caller once the batch's commit outcome is known: if the
-/// commit failed, every write in the batch failed with it.
+/// Answers one caller once the batch's outcome is known: if its commit (or
+/// the WAL sync it waited for) failed, every write in it failed with it.
 type Answer = Box<dyn FnOnce(&Result<(), String>) + Send>;
 
 fn answer<T: Send + 'static>(
     reply: oneshot::Sender<Result<T, StoreError>>,
     result: Result<T, StoreError>,
 ) -> Answer {
-    Box::new(move |commit| {
-        let r = match commit {
+    Box::new(move |outcome| {
+        let r = match outcome {
             Ok(()) => result,
             Err(e) => Err(StoreError::Backend(format!("commit failed: {e}"))),
         };
@@ -93,15 +116,369 @@ fn scoped<T>(
     c: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    c.execute_batch("SAVEPOINT job")?;
+    c.prepare_cached("SAVEPOINT job")?.execute([])?;
     match f(c) {
         Ok(v) => {
-            c.execute_batch("RELEASE job")?;
+            c.prepare_cached("RELEASE job")?.execute([])?;
             Ok(v)
         }
         Err(e) => {
-            c.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            c.prepare_cached("ROLLBACK TO job")?.execute([])?;
+            c.prepare_cached("RELEASE job")?.execute([])?;
             Err(e)
+        }
+    }
+}
+
+/// Commits whose WAL frames are written but not yet synced.
+///
+/// The writer commits with `synchronous=NORMAL` (no fsync inside the
+/// commit) and hands the durable writes to the syncer thread, which
+/// fsyncs the WAL and only then answers them; meanwhile the writer commits
+/// the next batch. A commit is visible to readers as soon as it is written,
+/// so every point read checks here whether what it read was changed by a
+/// batch not yet synced and, if so, waits for that sync: no read ever
+/// returns, or denies, a version that a power loss could still take back.
+#[derive(Debug)]
+struct Unsynced {
+    /// Newest batch marked (before its commit).
+    marked: AtomicU64,
+    /// Newest unsynced batch that changed every path (import, rewrap).
+    everything: AtomicU64,
+    /// Path -> newest unsynced batch that changed it.
+    paths: Mutex<HashMap<Box<str>, u64>>,
+    synced: watch::Sender<Synced>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Synced {
+    /// Every batch up to this one is synced (or failed before committing).
+    seq: u64,
+    /// A WAL sync failed: nothing written since can be trusted to be durable.
+    broken: bool,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Unsynced {
+    fn new() -> Self {
+        Unsynced {
+            marked: AtomicU64::new(0),
+            everything: AtomicU64::new(0),
+            paths: Mutex::default(),
+            synced: watch::Sender::new(Synced::default()),
+        }
+    }
+
+    /// Before batch `seq` commits: what it changes is unsynced.
+    fn mark(&self, seq: u64, changes: &[Invalidate]) {
+        {
+            let mut paths = locked(&self.paths);
+            for c in changes {
+                match c {
+                    Invalidate::Nothing => {}
+                    Invalidate::Path(p) => {
+                        paths.insert(p.clone(), seq);
+                    }
+                    Invalidate::All => self.everything.store(seq, Ordering::SeqCst),
+                }
+            }
+        }
+        self.marked.store(seq, Ordering::SeqCst);
+    }
+
+    /// Every batch up to `seq` is synced (`ok`), or a sync failed.
+    fn resolved(&self, seq: u64, ok: bool) {
+        if ok {
+            locked(&self.paths).retain(|_, s| *s > seq);
+        }
+        self.synced.send_modify(|s| {
+            if ok {
+                s.seq = s.seq.max(seq);
+            } else {
+                s.broken = true;
+            }
+        });
+    }
+
+    fn is_broken(&self) -> bool {
+        self.synced.borrow().broken
+    }
+
+    /// The batch that a read just made (of `path`, or of anything) must
+    /// see synced before it is returned, if any.
+    fn needed(&self, path: Option<&str>) -> Option<u64> {
+        let synced = self.synced.borrow().seq;
+        let marked = self.marked.load(Ordering::SeqCst);
+        if marked <= synced {
+            return None;
+        }
+        let need = match path {
+            None => marked,
+            Some(p) => locked(&self.paths)
+                .get(p)
+                .copied()
+                .unwrap_or(0)
+                .max(self.everything.load(Ordering::SeqCst)),
+        };
+        (need > synced).then_some(need)
+    }
+
+    async fn wait(&self, seq: u64) -> Result<(), StoreError> {
+        let mut rx = self.synced.subscribe();
+        let s = *rx
+            .wait_for(|s| s.seq >= seq || s.broken)
+            .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        if s.seq >= seq {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "the WAL could not be synced".into(),
+            ))
+        }
+    }
+
+    /// `out`, once what it read is synced.
+    fn after<'a, T: Send + 'a>(
+        &'a self,
+        path: Option<&str>,
+        out: Result<T, StoreError>,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        match (out, self.needed(path)) {
+            (Ok(v), Some(seq)) => Box::pin(async move {
+                self.wait(seq).await?;
+                Ok(v)
+            }),
+            (out, _) => Box::pin(std::future::ready(out)),
+        }
+    }
+}
+
+/// What the store's handle and its threads share.
+struct Shared {
+    /// Transactions committed by the writer.
+    commits: AtomicU64,
+    /// Envelopes of recent point reads; the writer keeps it current.
+    cache: ReadCache,
+    unsynced: Unsynced,
+}
+
+/// A committed batch's durable writes, for the syncer to answer after the
+/// WAL sync. `commit` is the batch's outcome; a failed batch is passed on
+/// too, so that batches are resolved in order.
+struct SyncJob {
+    seq: u64,
+    answers: Vec<Answer>,
+    commit: Result<(), String>,
+}
+
+/// Drains every queued write into one transaction, commits it without an
+/// fsync, and passes the durable writes on to the syncer.
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::UnboundedReceiver<WriteJob>,
+    shared: &Shared,
+    syncer: &std::sync::mpsc::Sender<SyncJob>,
+    checkpoint: &std::sync::mpsc::SyncSender<()>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut state = WriterState::default();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Some(done) = run_batch(&mut conn, &mut batch, shared, &mut state)
+            && let Err(e) = syncer.send(done)
+        {
+            tracing::error!("WAL syncer stopped; durable writes fail");
+            let failed = Err("WAL syncer stopped".to_owned());
+            for a in e.0.answers {
+                a(&failed);
+            }
+        }
+        // A full queue already holds a wake-up.
+        let _ = checkpoint.try_send(());
+    }
+}
+
+/// What the writer carries from one batch to the next.
+#[derive(Default)]
+struct WriterState {
+    /// Sequence number of the newest batch that needed a sync.
+    seq: u64,
+    /// A delete's WAL truncation that could not finish, to retry.
+    truncate_pending: bool,
+}
+
+fn forget(cache: &ReadCache, stale: &[Invalidate]) {
+    for inv in stale {
+        match inv {
+            Invalidate::Nothing => {}
+            Invalidate::Path(p) => cache.invalidate(p),
+            Invalidate::All => cache.clear(),
+        }
+    }
+}
+
+/// Applies and commits one batch. Answers the jobs that need no sync at
+/// once; returns the durable ones for the syncer (`None` if there are none).
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<WriteJob>,
+    shared: &Shared,
+    state: &mut WriterState,
+) -> Option<SyncJob> {
+    let stale: Vec<Invalidate> = batch
+        .iter_mut()
+        .map(|j| std::mem::replace(&mut j.invalidates, Invalidate::Nothing))
+        .collect();
+    let destroys = batch.iter().any(|j| j.destroys);
+    // Whatever the batch holds, reads must not see it before it is synced.
+    let seq = batch.iter().any(|j| j.needs_sync).then(|| {
+        state.seq += 1;
+        shared.unsynced.mark(state.seq, &stale);
+        state.seq
+    });
+    let tx = match if shared.unsynced.is_broken() {
+        Err("an earlier WAL sync failed; restart secretd".to_owned())
+    } else {
+        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| e.to_string())
+    } {
+        Ok(tx) => tx,
+        Err(e) => {
+            // A batch that cannot begin fails every job in it.
+            let err = Err(e);
+            forget(&shared.cache, &stale);
+            for job in batch.drain(..) {
+                job.work.refused()(&err);
+            }
+            return seq.map(|seq| SyncJob {
+                seq,
+                answers: Vec::new(),
+                commit: err,
+            });
+        }
+    };
+    let (mut now, mut later, mut audits) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, job) in batch.drain(..).enumerate() {
+        if i > 0 {
+            fail::fail_point!("sqlite-between-jobs");
+        }
+        match job.work {
+            Work::Run(run) if job.needs_sync => later.push(run(Some(&tx))),
+            Work::Run(run) => now.push(run(Some(&tx))),
+            Work::Audit {
+                key,
+                records,
+                reply,
+            } => audits.push((key, records, reply)),
+        }
+    }
+    if let Some((key, ..)) = audits.first() {
+        let key = Arc::clone(key);
+        let (records, replies): (Vec<_>, Vec<_>) = audits
+            .into_iter()
+            .map(|(_, records, reply)| (records, reply))
+            .unzip();
+        let result = scoped(&tx, |c| {
+            append_audit_rows(c, &key, records.into_iter().flatten().collect())
+        });
+        for reply in replies {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Backend(e.to_string())),
+            };
+            now.push(answer(reply, r));
+        }
+    }
+    fail::fail_point!("sqlite-before-commit");
+    let commit = tx.commit().map_err(|e| e.to_string());
+    match &commit {
+        Ok(()) => {
+            shared.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, writes = now.len() + later.len(), "sqlite commit failed; batch not acknowledged");
+        }
+    }
+    if commit.is_ok() && (destroys || state.truncate_pending) {
+        // Deleted envelopes still sit in older WAL frames: copy the WAL
+        // into the database (where secure_delete zeroed them) and truncate
+        // it before acknowledging the delete.
+        state.truncate_pending = !truncate_wal(conn);
+    }
+    fail::fail_point!("sqlite-after-commit");
+    // Whatever happened to the batch, its paths are forgotten before any
+    // job is answered (a failed commit only costs a re-read).
+    forget(&shared.cache, &stale);
+    for a in now {
+        a(&commit);
+    }
+    seq.map(|seq| SyncJob {
+        seq,
+        answers: later,
+        commit,
+    })
+}
+
+/// Syncs the WAL for the batches the writer committed, then answers their
+/// durable writes. One fsync covers every batch queued meanwhile (group
+/// commit across batches).
+fn syncer_loop(wal: &Path, rx: &std::sync::mpsc::Receiver<SyncJob>, shared: &Shared) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        jobs.extend(rx.try_iter());
+        fail::fail_point!("sqlite-before-sync");
+        let synced = if jobs.iter().any(|j| j.commit.is_ok()) {
+            sync_file(wal)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, "WAL sync failed; refusing every write until restart");
+        }
+        let last = jobs.iter().map(|j| j.seq).max().unwrap_or(0);
+        shared.unsynced.resolved(last, synced.is_ok());
+        for job in jobs {
+            let outcome = match (job.commit, &synced) {
+                (Err(e), _) => Err(e),
+                (Ok(()), Err(e)) => Err(format!("syncing the WAL: {e}")),
+                (Ok(()), Ok(())) => Ok(()),
+            };
+            for a in job.answers {
+                a(&outcome);
+            }
+        }
+    }
+}
+
+/// fsync (fdatasync) of a file by path: covers everything written to it
+/// before the call, through any descriptor.
+fn sync_file(path: &Path) -> Result<(), String> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_data())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// How long the checkpointer lets commits accumulate between checkpoints.
+const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Copies committed WAL frames into the database on its own connection
+/// (PASSIVE: never blocks the writer), so commits do not pay for it.
+fn checkpointer_loop(conn: &Connection, rx: &std::sync::mpsc::Receiver<()>) {
+    while rx.recv().is_ok() {
+        std::thread::sleep(CHECKPOINT_PAUSE);
+        while rx.try_recv().is_ok() {}
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retrying after the next commit");
         }
     }
 }
@@ -110,12 +487,9 @@ pub struct SqliteStore {
     /// Chains audit records; set once the master key is known.
     audit_key: std::sync::OnceLock<Arc<AuditKey>>,
     writer: mpsc::UnboundedSender<WriteJob>,
-    /// Transactions committed by the writer (each one WAL sync).
-    commits: Arc<AtomicU64>,
     readers: Arc<Mutex<Vec<Connection>>>,
     db_path: PathBuf,
-    /// Envelopes of recent point reads; the writer keeps it current.
-    cache: Arc<ReadCache>,
+    shared: Arc<Shared>,
 }
 
 /// Bytes of envelopes the read cache may hold.
@@ -143,7 +517,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     )?;
     // Lets a test prove the refusal below on the real binary.
     fail::fail_point!("sqlite-weak-sync", |_| {
-        conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;")?;
         check_durability(&conn)?;
         Err(StoreError::Backend(
             "synchronous=NORMAL was accepted".into(),
@@ -229,15 +603,42 @@ impl SqliteStore {
         let mut conn = open_connection(db_path)?;
         migrate(&mut conn)?;
         restrict_files(db_path)?;
+        // The writer's commits write the WAL without syncing it; the syncer
+        // thread syncs it before any durable write is answered.
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;")?;
+        let checkpointer = open_connection(db_path)?;
+        let shared = Arc::new(Shared {
+            commits: AtomicU64::new(0),
+            cache: ReadCache::new(READ_CACHE_BYTES),
+            unsynced: Unsynced::new(),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
-        let commits = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&commits);
-        let cache = Arc::new(ReadCache::new(READ_CACHE_BYTES));
-        let writer_cache = Arc::clone(&cache);
-        std::thread::Builder::new()
-            .name("secretd-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, &counter, &writer_cache))
-            .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
+        let (ckpt_tx, ckpt_rx) = std::sync::mpsc::sync_channel(1);
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map(drop)
+                .map_err(|e| StoreError::Backend(format!("spawn {name}: {e}")))
+        };
+        let s = Arc::clone(&shared);
+        spawn(
+            "secretd-sqlite-writer",
+            Box::new(move || writer_loop(conn, rx, &s, &sync_tx, &ckpt_tx)),
+        )?;
+        let s = Arc::clone(&shared);
+        let mut wal = db_path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        spawn(
+            "secretd-sqlite-sync",
+            Box::new(move || syncer_loop(&wal, &sync_rx, &s)),
+        )?;
+        spawn(
+            "secretd-sqlite-checkpoint",
+            Box::new(move || checkpointer_loop(&checkpointer, &ckpt_rx)),
+        )?;
         // Warm the reader pool so point reads on async workers never open a
         // connection inline.
         let mut warm = Vec::new();
@@ -249,10 +650,9 @@ impl SqliteStore {
         Ok(SqliteStore {
             audit_key: std::sync::OnceLock::new(),
             writer: tx,
-            commits,
             readers: Arc::new(Mutex::new(warm)),
             db_path: db_path.to_path_buf(),
-            cache,
+            shared,
         })
     }
 
@@ -265,7 +665,7 @@ impl SqliteStore {
 
     /// How many write transactions were committed so far.
     pub fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.shared.commits.load(Ordering::Relaxed)
     }
 
     /// Queues `f` for the writer thread and waits until its batch committed
@@ -304,13 +704,25 @@ impl SqliteStore {
                 Err(StoreError::Backend("could not begin transaction".into())),
             ),
         });
-        self.writer
-            .send(WriteJob {
-                run,
+        self.send(
+            WriteJob {
+                work: Work::Run(run),
                 destroys,
                 needs_sync,
                 invalidates,
-            })
+            },
+            rx,
+        )
+        .await
+    }
+
+    async fn send<T>(
+        &self,
+        job: WriteJob,
+        rx: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.writer
+            .send(job)
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
@@ -359,103 +771,6 @@ fn with_reader<T>(
         v.push(conn);
     }
     out
-}
-
-fn writer_loop(
-    mut conn: Connection,
-    mut rx: mpsc::UnboundedReceiver<WriteJob>,
-    commits: &AtomicU64,
-    cache: &ReadCache,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    // A delete's WAL truncation that could not finish, to retry.
-    let mut truncate_pending = false;
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        if run_batch(&mut conn, &mut batch, cache, &mut truncate_pending) {
-            commits.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Applies and commits one batch; true if it committed.
-fn run_batch(
-    conn: &mut Connection,
-    batch: &mut Vec<WriteJob>,
-    cache: &ReadCache,
-    truncate_pending: &mut bool,
-) -> bool {
-    // Whatever happens to the batch, its paths are forgotten before any job
-    // is answered (a failed commit only costs a re-read).
-    let stale: Vec<Invalidate> = batch
-        .iter_mut()
-        .map(|j| std::mem::replace(&mut j.invalidates, Invalidate::Nothing))
-        .collect();
-    let forget = || {
-        for inv in &stale {
-            match inv {
-                Invalidate::Nothing => {}
-                Invalidate::Path(p) => cache.invalidate(p),
-                Invalidate::All => cache.clear(),
-            }
-        }
-    };
-    let destroys = batch.iter().any(|j| j.destroys);
-    // Set per batch, so a failure to switch back can never leave data
-    // writes unsynced.
-    let sync = if batch.iter().any(|j| j.needs_sync) {
-        "PRAGMA synchronous = FULL"
-    } else {
-        "PRAGMA synchronous = NORMAL"
-    };
-    // A batch that cannot begin fails every job in it.
-    let refuse = |batch: &mut Vec<WriteJob>, e: String| {
-        let err = Err(e);
-        forget();
-        for job in batch.drain(..) {
-            (job.run)(None)(&err);
-        }
-        false
-    };
-    if let Err(e) = conn.execute_batch(sync) {
-        return refuse(batch, format!("setting synchronous: {e}"));
-    }
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return refuse(batch, e.to_string()),
-    };
-    let answers: Vec<Answer> = (batch.drain(..).enumerate())
-        .map(|(i, job)| {
-            if i > 0 {
-                fail::fail_point!("sqlite-between-jobs");
-            }
-            (job.run)(Some(&tx))
-        })
-        .collect();
-    fail::fail_point!("sqlite-before-commit");
-    let commit = tx.commit().map_err(|e| e.to_string());
-    if let Err(e) = &commit {
-        tracing::error!(error = %e, writes = answers.len(), "sqlite commit failed; batch not acknowledged");
-    }
-    if commit.is_ok() && (destroys || *truncate_pending) {
-        // Deleted envelopes still sit in older WAL frames: copy the WAL
-        // into the database (where secure_delete zeroed them) and truncate
-        // it before acknowledging the delete.
-        *truncate_pending = !truncate_wal(conn);
-    }
-    fail::fail_point!("sqlite-after-commit");
-    let ok = commit.is_ok();
-    forget();
-    for a in answers {
-        a(&commit);
-    }
-    ok
 }
 
 /// Copies the WAL into the database and truncates it. False if it could
@@ -830,12 +1145,17 @@ impl Store for SqliteStore {
         path: &'a SecretPath,
         version: Option<Version>,
     ) -> BoxFuture<'a, Result<Option<StoredVersion>, StoreError>> {
-        let ticket = match self.cache.get(path, version) {
-            Ok(hit) => return Box::pin(std::future::ready(Ok(Some(hit)))),
+        let ticket = match self.shared.cache.get(path, version) {
+            Ok(hit) => {
+                return self
+                    .shared
+                    .unsynced
+                    .after(Some(path.as_str()), Ok(Some(hit)));
+            }
             Err(ticket) => ticket,
         };
         let out = self.read_now(|c| {
-            let row: Option<(i64, Vec<u8>, i64)> = c
+            let row: Option<(i64, Arc<[u8]>, i64)> = c
                 .prepare_cached(
                     "SELECT v.version, v.envelope, v.created_at
                      FROM secrets s JOIN versions v ON v.secret_id = s.id
@@ -844,7 +1164,7 @@ impl Store for SqliteStore {
                      ORDER BY v.version DESC LIMIT 1",
                 )?
                 .query_row(params![path.as_str(), version.map(Version::as_i64)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    Ok((r.get(0)?, r.get_ref(1)?.as_blob()?.into(), r.get(2)?))
                 })
                 .optional()?;
             row.map(|(v, envelope, created_at_ms)| {
@@ -857,9 +1177,9 @@ impl Store for SqliteStore {
             .transpose()
         });
         if let Ok(Some(row)) = &out {
-            self.cache.insert(ticket, path, version, row);
+            self.shared.cache.insert(ticket, path, version, row);
         }
-        Box::pin(std::future::ready(out))
+        self.shared.unsynced.after(Some(path.as_str()), out)
     }
 
     fn delete(
@@ -891,7 +1211,7 @@ impl Store for SqliteStore {
         };
         let hi = format!("{prefix}0");
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Box::pin(self.read(move |c| {
+        let read = self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT s.path, MAX(v.version), MAX(v.created_at)
                  FROM secrets s JOIN versions v ON v.secret_id = s.id
@@ -906,7 +1226,8 @@ impl Store for SqliteStore {
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        }))
+        });
+        Box::pin(async move { self.shared.unsynced.after(None, read.await).await })
     }
 
     fn metadata<'a>(
@@ -914,7 +1235,7 @@ impl Store for SqliteStore {
         path: &'a SecretPath,
     ) -> BoxFuture<'a, Result<Vec<VersionMeta>, StoreError>> {
         let path = path.clone();
-        Box::pin(self.read(move |c| {
+        let read = self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT v.version, v.created_at, v.deleted_at, v.created_by
                  FROM secrets s JOIN versions v ON v.secret_id = s.id
@@ -933,18 +1254,30 @@ impl Store for SqliteStore {
                 db_version(&path, m.version)?;
             }
             Ok(out)
-        }))
+        });
+        Box::pin(async move { self.shared.unsynced.after(None, read.await).await })
     }
 
     fn append_audit(&self, records: Vec<AuditRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
         let key = self.key();
         Box::pin(async move {
-            let key = key?;
-            self.enqueue(false, false, Invalidate::Nothing, move |c| {
-                append_audit_rows(c, &key, records)
-            })
-            .await
+            let (reply, rx) = oneshot::channel();
+            let job = WriteJob {
+                work: Work::Audit {
+                    key: key?,
+                    records,
+                    reply,
+                },
+                destroys: false,
+                needs_sync: false,
+                invalidates: Invalidate::Nothing,
+            };
+            self.send(job, rx).await
         })
+    }
+
+    fn batches_audit(&self) -> bool {
+        true
     }
 
     fn audit_page(
