@@ -7,6 +7,13 @@
 //!   write gives its number back.
 //! * Serialization failures and deadlocks (SQLSTATE 40001, 40P01) are
 //!   retried, re-sealing for the version the retry allocates.
+//! * PUTs are group-committed: a task folds the PUTs queued while the
+//!   previous batch ran into one transaction, each step pipelined for all of
+//!   them (existence checks, upserts, version rows), then one audit append
+//!   and one COMMIT, so the audit chain's lock is held once per batch, not
+//!   once per PUT. Rows are locked in path order, so replicas' batches do
+//!   not deadlock. A batch that fails before COMMIT runs its PUTs one by
+//!   one; one whose COMMIT got no answer fails them all (never re-applied).
 //! * Every session runs with `synchronous_commit = on` (a 2xx means the
 //!   commit reached the WAL on disk) and a `statement_timeout`; every
 //!   operation also has a client-side deadline, so a dead network answers
@@ -74,12 +81,39 @@ impl Default for PgSettings {
 }
 
 pub struct PgStore {
+    db: Arc<Db>,
+    /// PUTs for the group-commit task ([`Db::run_puts`]).
+    puts: tokio::sync::mpsc::UnboundedSender<PutJob>,
+}
+
+/// The pool and what every operation needs; shared with the group-commit
+/// task.
+pub struct Db {
     /// Chains audit records; set once the master key is known.
     audit_key: std::sync::OnceLock<Arc<AuditKey>>,
     pool: Pool,
     /// Client-side deadline for one whole operation.
     op_timeout: Duration,
 }
+
+impl std::ops::Deref for PgStore {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        &self.db
+    }
+}
+
+/// One PUT waiting for the group-commit task.
+struct PutJob {
+    path: SecretPath,
+    seal: Sealer,
+    mode: PutMode,
+    ctx: WriteCtx,
+    reply: tokio::sync::oneshot::Sender<Result<Version, StoreError>>,
+}
+
+/// Most PUTs folded into one PostgreSQL transaction.
+const MAX_PUT_BATCH: usize = 64;
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -326,15 +360,19 @@ impl PgStore {
             .recycle_timeout(Some(settings.acquire_timeout))
             .build()
             .map_err(|e| StoreError::Backend(format!("database pool: {e}")))?;
-        let store = PgStore {
+        let db = Arc::new(Db {
             audit_key: std::sync::OnceLock::new(),
             pool,
             op_timeout: settings.statement_timeout + settings.acquire_timeout,
-        };
-        store.migrate().await?;
-        Ok(store)
+        });
+        db.migrate().await?;
+        let (puts, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(Arc::clone(&db).run_puts(rx));
+        Ok(PgStore { db, puts })
     }
+}
 
+impl Db {
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await.map_err(map_pool)?;
         let tx = client.transaction().await.map_err(map_pg)?;
@@ -410,6 +448,156 @@ impl PgStore {
             }
         })
         .await
+    }
+}
+
+impl Db {
+    /// The group-commit task: folds the PUTs queued while the previous
+    /// batch ran into one transaction (one commit, one fsync, one hold of
+    /// the audit-chain lock for all of them).
+    async fn run_puts(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<PutJob>) {
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_PUT_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            // A caller that gave up (its deadline passed) is not written for.
+            jobs.retain(|j| !j.reply.is_closed());
+            self.put_batch(jobs).await;
+        }
+    }
+
+    async fn put_one(&self, job: PutJob) {
+        let r = self
+            .write(WriteOp::Put {
+                path: &job.path,
+                seal: &job.seal,
+                mode: job.mode,
+                ctx: &job.ctx,
+            })
+            .await
+            .and_then(|out| match out {
+                WriteOut::Version(v) => Ok(v),
+                _ => Err(unexpected()),
+            });
+        let _ = job.reply.send(r);
+    }
+
+    async fn put_batch(&self, mut jobs: Vec<PutJob>) {
+        if jobs.len() <= 1 {
+            for job in jobs {
+                self.put_one(job).await;
+            }
+            return;
+        }
+        // Rows are locked in path order, so two replicas' batches cannot
+        // deadlock (the sort is stable: one path's PUTs keep their order).
+        jobs.sort_by(|a, b| a.path.as_str().cmp(b.path.as_str()));
+        let key = self.audit_key.get().cloned();
+        let mut tries = 0;
+        loop {
+            match self.deadline(self.try_batch(&jobs, key.as_deref())).await {
+                Ok(Ok(versions)) => {
+                    for (job, v) in jobs.into_iter().zip(versions) {
+                        let _ = job.reply.send(v);
+                    }
+                    return;
+                }
+                Ok(Err(BatchError::Retry(e))) if tries < MAX_RETRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, "retrying a batch of writes");
+                    tokio::time::sleep(Duration::from_millis(2u64 << tries.min(6))).await;
+                }
+                // Rolled back before COMMIT: nothing of it happened, so each
+                // PUT runs on its own and gets its own precise outcome.
+                Ok(Err(e @ (BatchError::Retry(_) | BatchError::RolledBack(_)))) => {
+                    if let BatchError::RolledBack(e) = e {
+                        tracing::debug!(error = %e, "a batch of writes failed; running each on its own");
+                    }
+                    for job in jobs {
+                        self.put_one(job).await;
+                    }
+                    return;
+                }
+                // The COMMIT's outcome is unknown (or the deadline passed):
+                // never write again what may already be there.
+                Ok(Err(BatchError::Commit(e))) | Err(e) => {
+                    for job in jobs {
+                        let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Applies every PUT in one transaction: each its version row, then all
+    /// their audit records in one append. A PUT refused on its own (an
+    /// editor's PUT to a path with no live version) changes nothing and
+    /// gets its error; the others still commit.
+    async fn try_batch(
+        &self,
+        jobs: &[PutJob],
+        key: Option<&AuditKey>,
+    ) -> Result<Result<Vec<Result<Version, StoreError>>, BatchError>, StoreError> {
+        let mut client = self.pool.get().await.map_err(map_pool)?;
+        let tx = match client.transaction().await {
+            Ok(tx) => tx,
+            Err(e) => return Ok(Err(BatchError::RolledBack(map_pg(e)))),
+        };
+        let puts: Vec<PutRow<'_>> = jobs
+            .iter()
+            .map(|j| PutRow {
+                path: &j.path,
+                seal: &j.seal,
+                mode: j.mode,
+                ctx: &j.ctx,
+            })
+            .collect();
+        let rows = match put_rows(&tx, &puts).await {
+            Ok(rows) => rows,
+            Err(e) => return Ok(Err(BatchError::before_commit(e))),
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        let mut records = Vec::with_capacity(rows.len());
+        for r in rows {
+            match r {
+                Ok((v, record)) => {
+                    out.push(Ok(v));
+                    records.push(record);
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        if let Err(e) = append_audit_tx(&tx, key, &records).await {
+            return Ok(Err(BatchError::before_commit(e)));
+        }
+        match tx.commit().await {
+            Ok(()) => Ok(Ok(out)),
+            Err(e) => Ok(Err(BatchError::Commit(map_pg(e)))),
+        }
+    }
+}
+
+/// How a batch of PUTs failed.
+enum BatchError {
+    /// A serialization failure or deadlock: the whole batch may run again.
+    Retry(tokio_postgres::Error),
+    /// Rolled back before COMMIT was sent.
+    RolledBack(StoreError),
+    /// COMMIT was sent and failed or got no answer: the outcome is unknown.
+    Commit(StoreError),
+}
+
+impl BatchError {
+    fn before_commit(e: TxError) -> Self {
+        match e {
+            TxError::Retry(e) => BatchError::Retry(e),
+            TxError::Fail(e) => BatchError::RolledBack(e),
+        }
     }
 }
 
@@ -626,6 +814,114 @@ async fn insert_token(
     }
 }
 
+/// One PUT for [`put_rows`].
+struct PutRow<'a> {
+    path: &'a SecretPath,
+    seal: &'a Sealer,
+    mode: PutMode,
+    ctx: &'a WriteCtx,
+}
+
+/// The rows of several PUTs in one transaction, each step pipelined (sent
+/// for every PUT before any answer is awaited), so a batch costs a few
+/// round trips whatever its size. Each PUT's version is allocated by its
+/// upsert (the server runs them in order, so PUTs of one path get
+/// consecutive versions), then sealed for it. Returns each PUT's version
+/// and audit record for the caller to append, or its own refusal (an
+/// editor's PUT to a path with no live version, which changed nothing).
+async fn put_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    puts: &[PutRow<'_>],
+) -> Result<Vec<Result<(Version, AuditRecord), StoreError>>, TxError> {
+    use futures_util::future::join_all;
+    let live = join_all(puts.iter().map(|p| async move {
+        if p.mode != PutMode::ExistingOnly {
+            return Ok(true);
+        }
+        tx.query_opt(
+            "SELECT 1 FROM secrets s JOIN versions v ON v.secret_id = s.id
+             WHERE s.path = $1 AND v.envelope IS NOT NULL LIMIT 1",
+            &[&p.path.as_str()],
+        )
+        .await
+        .map(|r| r.is_some())
+    }))
+    .await;
+    let mut allowed = Vec::with_capacity(puts.len());
+    for l in live {
+        allowed.push(l?);
+    }
+    let now = now_ms();
+    let upsert = tx
+        .prepare_cached(
+            "INSERT INTO secrets (path, last_version, created_at, updated_at) VALUES ($1, 1, $2, $2)
+             ON CONFLICT (path) DO UPDATE SET last_version = secrets.last_version + 1, updated_at = $2
+             RETURNING id, last_version",
+        )
+        .await?;
+    let rows = join_all(
+        puts.iter()
+            .zip(&allowed)
+            .filter(|(_, ok)| **ok)
+            .map(|(p, _)| {
+                let upsert = &upsert;
+                async move { tx.query_one(upsert, &[&p.path.as_str(), &now]).await }
+            }),
+    )
+    .await;
+    let mut sealed = Vec::with_capacity(rows.len());
+    for (p, row) in puts
+        .iter()
+        .zip(&allowed)
+        .filter(|(_, ok)| **ok)
+        .map(|(p, _)| p)
+        .zip(rows)
+    {
+        let row = row?;
+        let (id, last): (i64, i64) = (row.get(0), row.get(1));
+        let version = db_version(p.path, last)?;
+        sealed.push((id, version, (p.seal)(version)?));
+    }
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO versions (secret_id, version, envelope, created_at, created_by) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .await?;
+    let inserted = join_all(
+        puts.iter()
+            .zip(&allowed)
+            .filter(|(_, ok)| **ok)
+            .zip(&sealed)
+            .map(|((p, _), (id, version, envelope))| {
+                let insert = &insert;
+                async move {
+                    tx.execute(
+                        insert,
+                        &[id, &version.as_i64(), envelope, &now, &p.ctx.actor],
+                    )
+                    .await
+                }
+            }),
+    )
+    .await;
+    for r in inserted {
+        r?;
+    }
+    let mut sealed = sealed.into_iter();
+    let mut out = Vec::with_capacity(puts.len());
+    for (p, ok) in puts.iter().zip(allowed) {
+        match (ok, sealed.next()) {
+            (true, Some((_, version, _))) => {
+                let mut record = p.ctx.audit.clone();
+                record.version = Some(version.as_i64());
+                out.push(Ok((version, record)));
+            }
+            _ => out.push(Err(StoreError::NoLiveVersion)),
+        }
+    }
+    Ok(out)
+}
+
 async fn apply(
     tx: &deadpool_postgres::Transaction<'_>,
     op: &WriteOp<'_>,
@@ -638,44 +934,20 @@ async fn apply(
             mode,
             ctx,
         } => {
-            if mode == PutMode::ExistingOnly {
-                let live = tx
-                    .query_opt(
-                        "SELECT 1 FROM secrets s JOIN versions v ON v.secret_id = s.id
-                         WHERE s.path = $1 AND v.envelope IS NOT NULL LIMIT 1",
-                        &[&path.as_str()],
-                    )
-                    .await?;
-                if live.is_none() {
-                    return Err(TxError::Fail(StoreError::NoLiveVersion));
+            let put = PutRow {
+                path,
+                seal,
+                mode,
+                ctx,
+            };
+            match put_rows(tx, std::slice::from_ref(&put)).await?.pop() {
+                Some(Ok((version, record))) => {
+                    append_audit_tx(tx, key, &[record]).await?;
+                    Ok(WriteOut::Version(version))
                 }
+                Some(Err(e)) => Err(TxError::Fail(e)),
+                None => Err(TxError::Fail(unexpected())),
             }
-            let now = now_ms();
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO secrets (path, last_version, created_at, updated_at) VALUES ($1, 1, $2, $2)
-                     ON CONFLICT (path) DO UPDATE SET last_version = secrets.last_version + 1, updated_at = $2
-                     RETURNING id, last_version",
-                )
-                .await?;
-            let row = tx.query_one(&stmt, &[&path.as_str(), &now]).await?;
-            let (id, last): (i64, i64) = (row.get(0), row.get(1));
-            let version = db_version(path, last)?;
-            let envelope = seal(version)?;
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO versions (secret_id, version, envelope, created_at, created_by) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .await?;
-            tx.execute(
-                &stmt,
-                &[&id, &version.as_i64(), &envelope, &now, &ctx.actor],
-            )
-            .await?;
-            let mut record = ctx.audit.clone();
-            record.version = Some(version.as_i64());
-            append_audit_tx(tx, key, &[record]).await?;
-            Ok(WriteOut::Version(version))
         }
         WriteOp::Delete { path, version, ctx } => {
             let stmt = tx
@@ -792,18 +1064,23 @@ impl Store for PgStore {
         ctx: WriteCtx,
     ) -> BoxFuture<'_, Result<Version, StoreError>> {
         Box::pin(async move {
-            match self
-                .write(WriteOp::Put {
-                    path: &path,
-                    seal: &seal,
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            self.puts
+                .send(PutJob {
+                    path,
+                    seal,
                     mode,
-                    ctx: &ctx,
+                    ctx,
+                    reply,
                 })
-                .await?
-            {
-                WriteOut::Version(v) => Ok(v),
-                _ => Err(unexpected()),
-            }
+                .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+            // Bounded like any operation; a batch still running then may
+            // yet commit this PUT (as when COMMIT's answer is lost).
+            self.deadline(async {
+                rx.await
+                    .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+            })
+            .await
         })
     }
 

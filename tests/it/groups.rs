@@ -1,7 +1,7 @@
 //! Secret groups: scoped tokens and roles, listing, metadata, the audit log
 //! and the failed-auth limiter, on both backends.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -21,6 +21,7 @@ crate::both_backends!(
     scoped_listing_visits_only_its_groups,
     scopes_naming_single_secrets_are_listed,
     many_concurrent_valid_tokens_are_never_rate_limited,
+    an_editors_refused_puts_do_not_disturb_the_writes_beside_them,
 );
 
 /// Creates a token through the API with the static admin key.
@@ -1419,5 +1420,47 @@ async fn list_all(c: &Client, prefix: &str, limit: usize) -> Vec<String> {
             Some(next) => cursor = Some(next.to_owned()),
             None => return seen,
         }
+    }
+}
+
+/// Group commit folds concurrent PUTs into one transaction; an editor's PUT
+/// to a path with no live version is refused inside it. Fired together,
+/// the refused ones get 403 and leave no trace, and the others commit with
+/// contiguous versions.
+async fn an_editors_refused_puts_do_not_disturb_the_writes_beside_them(b: Backend) {
+    let s = TestServer::start_on(b).await;
+    for k in 0..4 {
+        s.client
+            .put_ok(&format!("tfy-secret/gc/live{k}"), "v1")
+            .await;
+    }
+    let t = token(&s.client, "gc-editor", "editor", &["tfy-secret/gc"], None).await;
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let c = as_token(&s.client, &t);
+        tasks.push(tokio::spawn(async move {
+            let path = if i % 2 == 0 {
+                format!("tfy-secret/gc/live{}", (i / 2) % 4)
+            } else {
+                format!("tfy-secret/gc/new{i}")
+            };
+            let r = c.put(&path, &format!("value-{i}")).await;
+            (i, path, r.status, r.json()["version"].as_u64())
+        }));
+    }
+    let mut versions: HashMap<String, Vec<u64>> = HashMap::new();
+    for task in tasks {
+        let (i, path, status, version) = task.await.expect("task");
+        if i % 2 == 0 {
+            assert_eq!(status, 200, "{path}");
+            versions.entry(path).or_default().push(version.unwrap_or(0));
+        } else {
+            assert_eq!(status, 403, "{path}");
+            assert_eq!(s.client.get(&path, None).await.status, 404, "{path}");
+        }
+    }
+    for (path, mut v) in versions {
+        v.sort_unstable();
+        assert_eq!(v, (2..=9).collect::<Vec<u64>>(), "{path}");
     }
 }
