@@ -32,11 +32,16 @@ impl Histogram {
     }
 }
 
+/// Request counts of one route: method -> status -> count.
+type ByMethod = BTreeMap<String, BTreeMap<u16, u64>>;
+
 /// Process-wide request metrics.
 #[derive(Debug)]
 pub struct Metrics {
     started: Instant,
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// route -> method -> status -> count (nested so that counting a
+    /// request allocates nothing once its route and method were seen).
+    requests: Mutex<BTreeMap<String, ByMethod>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     auth_failures: AtomicU64,
     rate_limited: AtomicU64,
@@ -101,8 +106,15 @@ impl Metrics {
     /// Records one finished request.
     pub fn observe(&self, route: &str, method: &str, status: u16, took: Duration) {
         if let Ok(mut m) = self.requests.lock() {
-            *m.entry((route.to_owned(), method.to_owned(), status))
-                .or_default() += 1;
+            let by_method = match m.get_mut(route) {
+                Some(v) => v,
+                None => m.entry(route.to_owned()).or_default(),
+            };
+            let by_status = match by_method.get_mut(method) {
+                Some(v) => v,
+                None => by_method.entry(method.to_owned()).or_default(),
+            };
+            *by_status.entry(status).or_default() += 1;
         }
         if let Ok(mut m) = self.latency.lock() {
             // Allocate the key only the first time a route is seen.
@@ -154,13 +166,17 @@ impl Metrics {
             "Requests by route template, method and status.",
         );
         if let Ok(m) = self.requests.lock() {
-            for ((route, method, status), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "secretd_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
-                    escape(route),
-                    escape(method)
-                );
+            for (route, by_method) in m.iter() {
+                for (method, by_status) in by_method {
+                    for (status, n) in by_status {
+                        let _ = writeln!(
+                            out,
+                            "secretd_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
+                            escape(route),
+                            escape(method)
+                        );
+                    }
+                }
             }
         }
         let name = "secretd_http_request_duration_seconds";

@@ -65,31 +65,29 @@ pub async fn request_log(State(s): State<Arc<AppState>>, mut req: Request, next:
     let id = next_request_id();
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "<unmatched>".to_owned());
+    // A clone of the matched route is a reference count, not a copy.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("<unmatched>", MatchedPath::as_str);
     let mut res = next.run(req).await;
     s.metrics.observe(
-        &route,
+        route,
         method.as_str(),
         res.status().as_u16(),
         started.elapsed(),
     );
-    let key_id = res.extensions().get::<KeyId>().map(|k| k.0.clone());
     let h = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id) {
         h.insert("x-request-id", v);
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let key_id = res.extensions().get::<KeyId>().map(|k| k.0.as_str());
     tracing::info!(
         request_id = %id,
         method = %method,
         route = %route,
         status = res.status().as_u16(),
         latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        key_id = %key_id.as_deref().unwrap_or("-"),
+        key_id = %key_id.unwrap_or("-"),
         "request"
     );
     res

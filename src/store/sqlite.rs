@@ -643,9 +643,7 @@ impl SqliteStore {
         // connection inline.
         let mut warm = Vec::new();
         for _ in 0..4 {
-            let c = open_connection(db_path)?;
-            c.execute_batch("PRAGMA query_only = ON;")?;
-            warm.push(c);
+            warm.push(open_reader(db_path)?);
         }
         Ok(SqliteStore {
             audit_key: std::sync::OnceLock::new(),
@@ -752,6 +750,15 @@ impl SqliteStore {
     }
 }
 
+/// A read-only connection for the pool. (A bigger page cache would not
+/// help: a WAL reader drops its whole cache whenever the database changed
+/// since its last read, and every batch of audit records changes it.)
+fn open_reader(db_path: &Path) -> Result<Connection, StoreError> {
+    let c = open_connection(db_path)?;
+    c.execute_batch("PRAGMA query_only = ON;")?;
+    Ok(c)
+}
+
 fn with_reader<T>(
     readers: &Mutex<Vec<Connection>>,
     db_path: &Path,
@@ -760,11 +767,7 @@ fn with_reader<T>(
     let pooled = readers.lock().ok().and_then(|mut v| v.pop());
     let conn = match pooled {
         Some(c) => c,
-        None => {
-            let c = open_connection(db_path)?;
-            c.execute_batch("PRAGMA query_only = ON;")?;
-            c
-        }
+        None => open_reader(db_path)?,
     };
     let out = f(&conn);
     if let Ok(mut v) = readers.lock() {
