@@ -517,7 +517,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     )?;
     // Lets a test prove the refusal below on the real binary.
     fail::fail_point!("sqlite-weak-sync", |_| {
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;")?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
         check_durability(&conn)?;
         Err(StoreError::Backend(
             "synchronous=NORMAL was accepted".into(),
@@ -605,7 +605,7 @@ impl SqliteStore {
         restrict_files(db_path)?;
         // The writer's commits write the WAL without syncing it; the syncer
         // thread syncs it before any durable write is answered.
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;")?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
         let checkpointer = open_connection(db_path)?;
         let shared = Arc::new(Shared {
             commits: AtomicU64::new(0),
