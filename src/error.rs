@@ -282,9 +282,10 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     json_response_sized(status, body, 128)
 }
 
-/// [`json_response`] into a buffer of `capacity` bytes: sized for the
-/// body, it is written once, never regrown (a regrown buffer costs a copy
-/// and, for a secret value, leaves an unwiped copy behind).
+/// [`json_response`] into a buffer of `capacity` bytes: sized for the body
+/// it is written once, not regrown (a regrown buffer costs a copy and, for a
+/// secret value, leaves a copy behind in freed memory; a value with many
+/// escaped characters may still outgrow the estimate).
 pub fn json_response_sized(status: StatusCode, body: &impl Serialize, capacity: usize) -> Response {
     let mut bytes = Vec::with_capacity(capacity);
     match serde_json::to_writer(&mut bytes, body) {

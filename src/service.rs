@@ -353,15 +353,28 @@ impl Service {
     pub async fn audit(&self, record: AuditRecord) -> Result<(), Error> {
         if self.store.batches_audit() {
             // The store folds concurrent appends into one transaction itself.
-            let streamed = self.stream.is_some().then(|| record.clone());
-            self.store
-                .append_audit(vec![record])
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("audit append failed: {e}")))?;
-            if let Some(r) = streamed {
-                self.emit(r);
-            }
-            return Ok(());
+            let Some(stream) = self.stream.clone() else {
+                self.store
+                    .append_audit(vec![record])
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("audit append failed: {e}")))?;
+                return Ok(());
+            };
+            // With a SIEM stream: append and stream in a task of its own, so
+            // a client that disconnects meanwhile cannot leave a committed
+            // record unstreamed.
+            let store = Arc::clone(&self.store);
+            let task = tokio::spawn(async move {
+                store.append_audit(vec![record.clone()]).await?;
+                stream.emit(std::slice::from_ref(&record));
+                Ok::<(), StoreError>(())
+            });
+            return match task.await {
+                Ok(r) => Ok(
+                    r.map_err(|e| StoreError::Unavailable(format!("audit append failed: {e}")))?
+                ),
+                Err(e) => Err(Error::Internal(format!("audit task: {e}"))),
+            };
         }
         let (tx, rx) = oneshot::channel();
         self.audit

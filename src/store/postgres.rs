@@ -466,11 +466,19 @@ impl Db {
             }
             // A caller that gave up (its deadline passed) is not written for.
             jobs.retain(|j| !j.reply.is_closed());
-            self.put_batch(jobs).await;
+            // Its own task, so that a panic fails one batch (its callers see
+            // "writer stopped"), not every later PUT.
+            let db = Arc::clone(&self);
+            if let Err(e) = tokio::spawn(async move { db.put_batch(jobs).await }).await {
+                tracing::error!(error = %e, "a batch of PUTs panicked; its writes failed");
+            }
         }
     }
 
     async fn put_one(&self, job: PutJob) {
+        if job.reply.is_closed() {
+            return;
+        }
         let r = self
             .write(WriteOp::Put {
                 path: &job.path,
@@ -910,14 +918,17 @@ async fn put_rows(
     let mut sealed = sealed.into_iter();
     let mut out = Vec::with_capacity(puts.len());
     for (p, ok) in puts.iter().zip(allowed) {
-        match (ok, sealed.next()) {
-            (true, Some((_, version, _))) => {
-                let mut record = p.ctx.audit.clone();
-                record.version = Some(version.as_i64());
-                out.push(Ok((version, record)));
-            }
-            _ => out.push(Err(StoreError::NoLiveVersion)),
+        // Only allowed PUTs have a sealed row: take one for each of them.
+        if !ok {
+            out.push(Err(StoreError::NoLiveVersion));
+            continue;
         }
+        let Some((_, version, _)) = sealed.next() else {
+            return Err(TxError::Fail(unexpected()));
+        };
+        let mut record = p.ctx.audit.clone();
+        record.version = Some(version.as_i64());
+        out.push(Ok((version, record)));
     }
     Ok(out)
 }

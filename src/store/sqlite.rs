@@ -259,6 +259,8 @@ impl Unsynced {
 
 /// What the store's handle and its threads share.
 struct Shared {
+    /// Held by whoever checkpoints (the checkpointer, a delete's truncation).
+    checkpoint: Mutex<()>,
     /// Transactions committed by the writer.
     commits: AtomicU64,
     /// Envelopes of recent point reads; the writer keeps it current.
@@ -284,6 +286,7 @@ fn writer_loop(
     syncer: &std::sync::mpsc::Sender<SyncJob>,
     checkpoint: &std::sync::mpsc::SyncSender<()>,
 ) {
+    let _broken_on_exit = BreakOnExit(shared);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut state = WriterState::default();
     while let Some(first) = rx.blocking_recv() {
@@ -298,6 +301,7 @@ fn writer_loop(
             && let Err(e) = syncer.send(done)
         {
             tracing::error!("WAL syncer stopped; durable writes fail");
+            shared.unsynced.resolved(e.0.seq, false);
             let failed = Err("WAL syncer stopped".to_owned());
             for a in e.0.answers {
                 a(&failed);
@@ -413,6 +417,7 @@ fn run_batch(
         // Deleted envelopes still sit in older WAL frames: copy the WAL
         // into the database (where secure_delete zeroed them) and truncate
         // it before acknowledging the delete.
+        let _one_at_a_time = locked(&shared.checkpoint);
         state.truncate_pending = !truncate_wal(conn);
     }
     fail::fail_point!("sqlite-after-commit");
@@ -432,26 +437,42 @@ fn run_batch(
 /// Syncs the WAL for the batches the writer committed, then answers their
 /// durable writes. One fsync covers every batch queued meanwhile (group
 /// commit across batches).
+///
+/// The WAL is synced through one descriptor kept open for the syncer's
+/// life: Linux reports a failed writeback once per open file, so a
+/// descriptor opened afresh after a failure could "succeed" over lost
+/// pages. The first failure is final: every later write fails until
+/// restart (as PostgreSQL does), and nothing is ever counted as synced
+/// again.
 fn syncer_loop(wal: &Path, rx: &std::sync::mpsc::Receiver<SyncJob>, shared: &Shared) {
+    let _broken_on_exit = BreakOnExit(shared);
+    let mut file: Option<std::fs::File> = None;
+    let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         jobs.extend(rx.try_iter());
         fail::fail_point!("sqlite-before-sync");
-        let synced = if jobs.iter().any(|j| j.commit.is_ok()) {
-            sync_file(wal)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = &synced {
-            tracing::error!(error = %e, "WAL sync failed; refusing every write until restart");
+        if failed.is_none() && jobs.iter().any(|j| j.commit.is_ok()) {
+            let synced = match &file {
+                Some(f) => sync_data(f),
+                None => std::fs::File::open(wal).and_then(|f| {
+                    sync_data(&f)?;
+                    file = Some(f);
+                    Ok(())
+                }),
+            };
+            if let Err(e) = synced {
+                tracing::error!(error = %e, "WAL sync failed; refusing every write until restart");
+                failed = Some(format!("syncing the WAL {}: {e}", wal.display()));
+            }
         }
         let last = jobs.iter().map(|j| j.seq).max().unwrap_or(0);
-        shared.unsynced.resolved(last, synced.is_ok());
+        shared.unsynced.resolved(last, failed.is_none());
         for job in jobs {
-            let outcome = match (job.commit, &synced) {
+            let outcome = match (job.commit, &failed) {
                 (Err(e), _) => Err(e),
-                (Ok(()), Err(e)) => Err(format!("syncing the WAL: {e}")),
-                (Ok(()), Ok(())) => Ok(()),
+                (Ok(()), Some(e)) => Err(e.clone()),
+                (Ok(()), None) => Ok(()),
             };
             for a in job.answers {
                 a(&outcome);
@@ -460,23 +481,37 @@ fn syncer_loop(wal: &Path, rx: &std::sync::mpsc::Receiver<SyncJob>, shared: &Sha
     }
 }
 
-/// fsync (fdatasync) of a file by path: covers everything written to it
-/// before the call, through any descriptor.
-fn sync_file(path: &Path) -> Result<(), String> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_data())
-        .map_err(|e| format!("{}: {e}", path.display()))
+/// fdatasync; a test can make it fail (`sqlite-sync-fails`).
+fn sync_data(f: &std::fs::File) -> std::io::Result<()> {
+    fail::fail_point!("sqlite-sync-fails", |_| Err(std::io::Error::other(
+        "injected fsync failure"
+    )));
+    f.sync_data()
+}
+
+/// Marks the store broken when the thread holding it ends (the store was
+/// dropped, or the thread panicked): reads waiting for a sync then fail
+/// instead of waiting forever.
+struct BreakOnExit<'a>(&'a Shared);
+
+impl Drop for BreakOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.unsynced.resolved(u64::MAX, false);
+    }
 }
 
 /// How long the checkpointer lets commits accumulate between checkpoints.
 const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Copies committed WAL frames into the database on its own connection
-/// (PASSIVE: never blocks the writer), so commits do not pay for it.
-fn checkpointer_loop(conn: &Connection, rx: &std::sync::mpsc::Receiver<()>) {
+/// (PASSIVE: never blocks the writer), so commits do not pay for it. Holds
+/// `Shared::checkpoint` meanwhile, so that a delete's TRUNCATE checkpoint
+/// waits for it rather than failing busy.
+fn checkpointer_loop(conn: &Connection, rx: &std::sync::mpsc::Receiver<()>, shared: &Shared) {
     while rx.recv().is_ok() {
         std::thread::sleep(CHECKPOINT_PAUSE);
         while rx.try_recv().is_ok() {}
+        let _one_at_a_time = locked(&shared.checkpoint);
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "WAL checkpoint failed; retrying after the next commit");
         }
@@ -608,6 +643,7 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
         let checkpointer = open_connection(db_path)?;
         let shared = Arc::new(Shared {
+            checkpoint: Mutex::new(()),
             commits: AtomicU64::new(0),
             cache: ReadCache::new(READ_CACHE_BYTES),
             unsynced: Unsynced::new(),
@@ -628,16 +664,20 @@ impl SqliteStore {
             Box::new(move || writer_loop(conn, rx, &s, &sync_tx, &ckpt_tx)),
         )?;
         let s = Arc::clone(&shared);
-        let mut wal = db_path.as_os_str().to_owned();
+        // SQLite names the WAL after the resolved database path.
+        let mut wal = std::fs::canonicalize(db_path)
+            .map_err(|e| StoreError::Backend(format!("resolve {}: {e}", db_path.display())))?
+            .into_os_string();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
         spawn(
             "secretd-sqlite-sync",
             Box::new(move || syncer_loop(&wal, &sync_rx, &s)),
         )?;
+        let s = Arc::clone(&shared);
         spawn(
             "secretd-sqlite-checkpoint",
-            Box::new(move || checkpointer_loop(&checkpointer, &ckpt_rx)),
+            Box::new(move || checkpointer_loop(&checkpointer, &ckpt_rx, &s)),
         )?;
         // Warm the reader pool so point reads on async workers never open a
         // connection inline.
@@ -1289,13 +1329,14 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<ChainedRecord>, StoreError>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Box::pin(self.read(move |c| {
+        let read = self.read(move |c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"
             ))?;
             let rows = st.query_map(params![after, limit], read_audit)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        }))
+        });
+        Box::pin(async move { self.shared.unsynced.after(None, read.await).await })
     }
 
     fn create_token(
@@ -1545,7 +1586,13 @@ impl Store for SqliteStore {
     }
 
     fn export(&self) -> BoxFuture<'_, Result<Dump, StoreError>> {
-        Box::pin(self.read(export_rows))
+        // Nothing a power loss could take back goes into a backup taken by
+        // this process. (`secretd backup` run beside a live server reads
+        // through its own connection; see docs/backup.md.)
+        Box::pin(async move {
+            let read = self.read(export_rows).await;
+            self.shared.unsynced.after(None, read).await
+        })
     }
 
     fn import(&self, dump: Dump, replace: bool) -> BoxFuture<'_, Result<(), StoreError>> {

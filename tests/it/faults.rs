@@ -988,6 +988,38 @@ async fn reads_never_see_a_write_before_its_sync() {
     );
 }
 
+/// A failed WAL fsync is final: the write waiting for it fails, so does
+/// every later write although later fsyncs would succeed (the kernel may
+/// have dropped the failed pages), and no read returns the unsynced value.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_sync_fails_every_later_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Proc::start(&data, &[("SECRETD_API_KEYS", KEY)]);
+    p.client(KEY).put_ok("tfy-secret/fsync/a", "synced").await;
+    drop(p);
+    // only the first sync after this start fails
+    let p = Proc::start(
+        &data,
+        &[
+            ("SECRETD_API_KEYS", KEY),
+            ("FAILPOINTS", "sqlite-sync-fails=1*return"),
+        ],
+    );
+    let c = p.client(KEY);
+    let first = c.put("tfy-secret/fsync/a", "lost").await;
+    assert!(first.status >= 500, "{}", first.status);
+    let later = c.put("tfy-secret/fsync/b", "later").await;
+    assert!(
+        later.status >= 500,
+        "a write after a failed sync was acknowledged: {}",
+        later.status
+    );
+    let read = c.get("tfy-secret/fsync/a", None).await;
+    assert_ne!(read.status, 200, "the unsynced value was served");
+    assert!(!String::from_utf8_lossy(&read.body).contains("lost"));
+}
+
 /// Start-up refuses a database that would commit without syncing the WAL.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_refuses_synchronous_normal() {

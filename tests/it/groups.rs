@@ -1431,7 +1431,7 @@ async fn an_editors_refused_puts_do_not_disturb_the_writes_beside_them(b: Backen
     let s = TestServer::start_on(b).await;
     for k in 0..4 {
         s.client
-            .put_ok(&format!("tfy-secret/gc/live{k}"), "v1")
+            .put_ok(&format!("tfy-secret/gc/p{k}/live"), "v1")
             .await;
     }
     let t = token(&s.client, "gc-editor", "editor", &["tfy-secret/gc"], None).await;
@@ -1439,10 +1439,12 @@ async fn an_editors_refused_puts_do_not_disturb_the_writes_beside_them(b: Backen
     for i in 0..64 {
         let c = as_token(&s.client, &t);
         tasks.push(tokio::spawn(async move {
+            // Refused and accepted PUTs interleave in path order (the
+            // order a batch applies them in).
             let path = if i % 2 == 0 {
-                format!("tfy-secret/gc/live{}", (i / 2) % 4)
+                format!("tfy-secret/gc/p{}/live", (i / 2) % 4)
             } else {
-                format!("tfy-secret/gc/new{i}")
+                format!("tfy-secret/gc/p{}/a-new{i}", (i / 2) % 4)
             };
             let r = c.put(&path, &format!("value-{i}")).await;
             (i, path, r.status, r.json()["version"].as_u64())
