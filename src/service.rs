@@ -1,16 +1,15 @@
-//! The one service object: store + keyring + limits + audit sink. HTTP
+//! The one service object: store + keyring + limits + audit stream. HTTP
 //! handlers and the CLI both call it; it knows nothing about HTTP.
 //!
 //! Every operation takes the caller's [`RequestCtx`] and checks it with
 //! `authz` on the same parsed path the store will use. Successful writes
 //! carry their audit record into the store's transaction; everything else
-//! is audited by the caller through [`Service::audit`] (batched).
+//! is audited by the caller through [`Service::audit`] (the store batches).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::audit::AuditRecord;
@@ -189,48 +188,6 @@ impl AuditStream {
 
 use std::io::Write as _;
 
-/// Batches audit records for reads and refusals: one store transaction for
-/// all records queued while the previous one committed.
-struct AuditSink {
-    tx: mpsc::UnboundedSender<(AuditRecord, oneshot::Sender<Result<(), StoreError>>)>,
-}
-
-impl AuditSink {
-    fn start(store: Arc<dyn Store>, stream: Option<Arc<AuditStream>>) -> Self {
-        let (tx, mut rx) =
-            mpsc::unbounded_channel::<(AuditRecord, oneshot::Sender<Result<(), StoreError>>)>();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < 1024 {
-                    match rx.try_recv() {
-                        Ok(item) => batch.push(item),
-                        Err(_) => break,
-                    }
-                }
-                let (records, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                let result = match &stream {
-                    Some(st) => {
-                        let r = store.append_audit(records.clone()).await;
-                        if r.is_ok() {
-                            st.emit(&records);
-                        }
-                        r
-                    }
-                    None => store.append_audit(records).await,
-                };
-                for r in replies {
-                    let _ = r.send(match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(StoreError::Unavailable(format!("audit append failed: {e}"))),
-                    });
-                }
-            }
-        });
-        AuditSink { tx }
-    }
-}
-
 /// The master key and the data keys it unwrapped; reloaded when another
 /// process (`secretd key rotate`, another replica) adds a generation.
 struct Keys {
@@ -243,7 +200,6 @@ pub struct Service {
     /// `None` for CLI commands that never touch values (tokens, audit).
     keys: Option<Keys>,
     limits: Limits,
-    audit: AuditSink,
     stream: Option<Arc<AuditStream>>,
     /// When each token's `last_used_at` was last written (throttle).
     touched: Mutex<HashMap<String, i64>>,
@@ -262,7 +218,6 @@ impl std::fmt::Debug for Service {
 const TOUCH_EVERY_MS: i64 = 60_000;
 
 impl Service {
-    /// Must be called inside a Tokio runtime (starts the audit batcher).
     pub fn new(
         store: Arc<dyn Store>,
         master: MasterKey,
@@ -270,7 +225,6 @@ impl Service {
         limits: Limits,
         stream: Option<Arc<AuditStream>>,
     ) -> Self {
-        let audit = AuditSink::start(Arc::clone(&store), stream.clone());
         Service {
             store,
             keys: Some(Keys {
@@ -278,7 +232,6 @@ impl Service {
                 ring: std::sync::RwLock::new(Arc::new(keyring)),
             }),
             limits,
-            audit,
             stream,
             touched: Mutex::new(HashMap::new()),
         }
@@ -287,12 +240,10 @@ impl Service {
     /// A service for commands that manage tokens or read the audit log and
     /// never touch values: no master key needed.
     pub fn without_keys(store: Arc<dyn Store>) -> Self {
-        let audit = AuditSink::start(Arc::clone(&store), None);
         Service {
             store,
             keys: None,
             limits: Limits::default(),
-            audit,
             stream: None,
             touched: Mutex::new(HashMap::new()),
         }
@@ -351,39 +302,28 @@ impl Service {
     /// Appends an audit record (batched with others) and waits until it is
     /// committed. Fails closed: an error here must stop the response.
     pub async fn audit(&self, record: AuditRecord) -> Result<(), Error> {
-        if self.store.batches_audit() {
-            // The store folds concurrent appends into one transaction itself.
-            let Some(stream) = self.stream.clone() else {
-                self.store
-                    .append_audit(vec![record])
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("audit append failed: {e}")))?;
-                return Ok(());
-            };
-            // With a SIEM stream: append and stream in a task of its own, so
-            // a client that disconnects meanwhile cannot leave a committed
-            // record unstreamed.
-            let store = Arc::clone(&self.store);
-            let task = tokio::spawn(async move {
-                store.append_audit(vec![record.clone()]).await?;
-                stream.emit(std::slice::from_ref(&record));
-                Ok::<(), StoreError>(())
-            });
-            return match task.await {
-                Ok(r) => Ok(
-                    r.map_err(|e| StoreError::Unavailable(format!("audit append failed: {e}")))?
-                ),
-                Err(e) => Err(Error::Internal(format!("audit task: {e}"))),
-            };
+        let failed = |e: StoreError| StoreError::Unavailable(format!("audit append failed: {e}"));
+        // The store folds concurrent appends into shared transactions.
+        let Some(stream) = self.stream.clone() else {
+            self.store
+                .append_audit(vec![record])
+                .await
+                .map_err(failed)?;
+            return Ok(());
+        };
+        // With a SIEM stream: append and stream in a task of its own, so a
+        // client that disconnects meanwhile cannot leave a committed record
+        // unstreamed.
+        let store = Arc::clone(&self.store);
+        let task = tokio::spawn(async move {
+            store.append_audit(vec![record.clone()]).await?;
+            stream.emit(std::slice::from_ref(&record));
+            Ok::<(), StoreError>(())
+        });
+        match task.await {
+            Ok(r) => Ok(r.map_err(failed)?),
+            Err(e) => Err(Error::Internal(format!("audit task: {e}"))),
         }
-        let (tx, rx) = oneshot::channel();
-        self.audit
-            .tx
-            .send((record, tx))
-            .map_err(|_| Error::Unavailable("audit sink stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Unavailable("audit sink stopped".into()))??;
-        Ok(())
     }
 
     /// Stores `value` as the next version of `path`; returns that version

@@ -335,17 +335,11 @@ pub trait Store: Send + Sync + 'static {
         path: &'a SecretPath,
     ) -> BoxFuture<'a, Result<Vec<VersionMeta>, StoreError>>;
 
-    /// Appends records to the audit chain in one transaction. Committed
-    /// before returning, but without its own fsync: these are the records of
-    /// reads and refusals, and the next durable commit syncs them.
+    /// Appends records to the audit chain. Committed before returning, but
+    /// without its own fsync: these are the records of reads and refusals,
+    /// and the next durable commit syncs them. Called once per request:
+    /// backends fold concurrent calls into shared transactions.
     fn append_audit(&self, records: Vec<AuditRecord>) -> BoxFuture<'_, Result<(), StoreError>>;
-
-    /// True if concurrent [`Store::append_audit`] calls are already folded
-    /// into shared transactions by the backend (the embedded store's writer
-    /// thread), so callers need not batch records themselves.
-    fn batches_audit(&self) -> bool {
-        false
-    }
 
     /// Chained records with `seq > after`, in order, at most `limit`.
     fn audit_page(

@@ -84,23 +84,18 @@ pub struct PgStore {
     db: Arc<Db>,
     /// PUTs for the group-commit task ([`Db::run_puts`]).
     puts: tokio::sync::mpsc::UnboundedSender<PutJob>,
+    /// Audit records of reads and refusals for [`Db::run_audits`].
+    audits: tokio::sync::mpsc::UnboundedSender<AuditJob>,
 }
 
 /// The pool and what every operation needs; shared with the group-commit
 /// task.
-pub struct Db {
+struct Db {
     /// Chains audit records; set once the master key is known.
     audit_key: std::sync::OnceLock<Arc<AuditKey>>,
     pool: Pool,
     /// Client-side deadline for one whole operation.
     op_timeout: Duration,
-}
-
-impl std::ops::Deref for PgStore {
-    type Target = Db;
-    fn deref(&self) -> &Db {
-        &self.db
-    }
 }
 
 /// One PUT waiting for the group-commit task.
@@ -115,10 +110,19 @@ struct PutJob {
 /// Most PUTs folded into one PostgreSQL transaction.
 const MAX_PUT_BATCH: usize = 64;
 
+/// Audit records waiting for [`Db::run_audits`].
+type AuditJob = (
+    Vec<AuditRecord>,
+    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+);
+
+/// Most audit records appended in one transaction.
+const MAX_AUDIT_BATCH: usize = 1024;
+
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
-            .field("pool", &self.pool.status())
+            .field("pool", &self.db.pool.status())
             .finish()
     }
 }
@@ -368,7 +372,9 @@ impl PgStore {
         db.migrate().await?;
         let (puts, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(Arc::clone(&db).run_puts(rx));
-        Ok(PgStore { db, puts })
+        let (audits, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(Arc::clone(&db).run_audits(rx));
+        Ok(PgStore { db, puts, audits })
     }
 }
 
@@ -452,6 +458,33 @@ impl Db {
 }
 
 impl Db {
+    /// Folds the audit records queued while the previous append ran into
+    /// one transaction: one hold of the audit chain's lock for all of them.
+    async fn run_audits(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<AuditJob>) {
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            let mut n = jobs[0].0.len();
+            while n < MAX_AUDIT_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        n += job.0.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let (records, replies): (Vec<Vec<AuditRecord>>, Vec<_>) = jobs.into_iter().unzip();
+            let records: Vec<AuditRecord> = records.into_iter().flatten().collect();
+            let result = self.write(WriteOp::AppendAudit(&records)).await;
+            for reply in replies {
+                let _ = reply.send(match &result {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(StoreError::Unavailable(e.to_string())),
+                });
+            }
+        }
+    }
+
     /// The group-commit task: folds the PUTs queued while the previous
     /// batch ran into one transaction (one commit, one fsync, one hold of
     /// the audit-chain lock for all of them).
@@ -1064,7 +1097,7 @@ async fn apply(
 
 impl Store for PgStore {
     fn set_audit_key(&self, key: Arc<AuditKey>) {
-        let _ = self.audit_key.set(key);
+        let _ = self.db.audit_key.set(key);
     }
 
     fn put(
@@ -1087,11 +1120,12 @@ impl Store for PgStore {
                 .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
             // Bounded like any operation; a batch still running then may
             // yet commit this PUT (as when COMMIT's answer is lost).
-            self.deadline(async {
-                rx.await
-                    .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
-            })
-            .await
+            self.db
+                .deadline(async {
+                    rx.await
+                        .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+                })
+                .await
         })
     }
 
@@ -1100,8 +1134,8 @@ impl Store for PgStore {
         path: &'a SecretPath,
         version: Option<Version>,
     ) -> BoxFuture<'a, Result<Option<StoredVersion>, StoreError>> {
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             let stmt = client
                 .prepare_cached(
                     "SELECT v.version, v.envelope, v.created_at
@@ -1135,6 +1169,7 @@ impl Store for PgStore {
     ) -> BoxFuture<'_, Result<Vec<Version>, StoreError>> {
         Box::pin(async move {
             match self
+                .db
                 .write(WriteOp::Delete {
                     path: &path,
                     version,
@@ -1163,8 +1198,8 @@ impl Store for PgStore {
         };
         let hi = format!("{prefix}0");
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             let stmt = client
                 .prepare_cached(
                     "SELECT s.path, MAX(v.version), MAX(v.created_at)
@@ -1193,8 +1228,8 @@ impl Store for PgStore {
         &'a self,
         path: &'a SecretPath,
     ) -> BoxFuture<'a, Result<Vec<VersionMeta>, StoreError>> {
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             let rows = client
                 .query(
                     "SELECT v.version, v.created_at, v.deleted_at, v.created_by
@@ -1219,7 +1254,14 @@ impl Store for PgStore {
     }
 
     fn append_audit(&self, records: Vec<AuditRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move { self.write(WriteOp::AppendAudit(&records)).await.map(|_| ()) })
+        Box::pin(async move {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            self.audits
+                .send((records, reply))
+                .map_err(|_| StoreError::Unavailable("audit writer stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Unavailable("audit writer stopped".into()))?
+        })
     }
 
     fn audit_page(
@@ -1228,8 +1270,8 @@ impl Store for PgStore {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<ChainedRecord>, StoreError>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             let rows = client
                 .query(
                     &format!(
@@ -1249,12 +1291,13 @@ impl Store for PgStore {
         audit: AuditRecord,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            self.write(WriteOp::CreateToken {
-                token: &token,
-                audit: &audit,
-            })
-            .await
-            .map(|_| ())
+            self.db
+                .write(WriteOp::CreateToken {
+                    token: &token,
+                    audit: &audit,
+                })
+                .await
+                .map(|_| ())
         })
     }
 
@@ -1262,8 +1305,8 @@ impl Store for PgStore {
         &'a self,
         hash: &'a [u8],
     ) -> BoxFuture<'a, Result<Option<TokenRow>, StoreError>> {
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             let stmt = client
                 .prepare_cached(&format!(
                     "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1"
@@ -1279,8 +1322,8 @@ impl Store for PgStore {
     }
 
     fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, StoreError>> {
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             let rows = client
                 .query(
                     &format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY name"),
@@ -1299,6 +1342,7 @@ impl Store for PgStore {
     ) -> BoxFuture<'_, Result<Option<TokenRow>, StoreError>> {
         Box::pin(async move {
             match self
+                .db
                 .write(WriteOp::RevokeToken {
                     id: &id,
                     audit: &audit,
@@ -1313,15 +1357,16 @@ impl Store for PgStore {
 
     fn touch_token(&self, id: String, at: i64) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            self.write(WriteOp::TouchToken { id: &id, at })
+            self.db
+                .write(WriteOp::TouchToken { id: &id, at })
                 .await
                 .map(|_| ())
         })
     }
 
     fn data_keys(&self) -> BoxFuture<'_, Result<Vec<WrappedKey>, StoreError>> {
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             let rows = client
                 .query(
                     "SELECT generation, wrapped FROM data_keys ORDER BY generation",
@@ -1345,8 +1390,8 @@ impl Store for PgStore {
     }
 
     fn latest_generation(&self) -> BoxFuture<'_, Result<u32, StoreError>> {
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             let stmt = client
                 .prepare_cached("SELECT COALESCE(MAX(generation), 0) FROM data_keys")
                 .await
@@ -1357,8 +1402,8 @@ impl Store for PgStore {
     }
 
     fn key_usage(&self) -> BoxFuture<'_, Result<Vec<super::KeyUsage>, StoreError>> {
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             let mut counts = std::collections::HashMap::new();
             for r in client
                 .query(
@@ -1393,7 +1438,7 @@ impl Store for PgStore {
         audit_wrapped: Vec<u8>,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut client = self.pool.get().await.map_err(map_pool)?;
+            let mut client = self.db.pool.get().await.map_err(map_pool)?;
             let tx = client.transaction().await.map_err(map_pg)?;
             tx.batch_execute("LOCK TABLE data_keys, settings IN EXCLUSIVE MODE")
                 .await
@@ -1434,7 +1479,7 @@ impl Store for PgStore {
 
     fn add_data_key(&self, key: WrappedKey) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move {
-            match self.write(WriteOp::AddKey(&key)).await? {
+            match self.db.write(WriteOp::AddKey(&key)).await? {
                 WriteOut::Inserted(b) => Ok(b),
                 _ => Err(unexpected()),
             }
@@ -1451,8 +1496,8 @@ impl Store for PgStore {
         // bytea comparison orders them numerically.
         let below = generation.to_be_bytes().to_vec();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             let stmt = client
                 .prepare_cached(
                     "SELECT s.path, v.version, v.envelope
@@ -1484,7 +1529,7 @@ impl Store for PgStore {
         swaps: Vec<super::EnvelopeSwap>,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            match self.write(WriteOp::SwapEnvelopes(&swaps)).await? {
+            match self.db.write(WriteOp::SwapEnvelopes(&swaps)).await? {
                 WriteOut::Count(n) => Ok(n),
                 _ => Err(unexpected()),
             }
@@ -1492,8 +1537,8 @@ impl Store for PgStore {
     }
 
     fn setting<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             let row = client
                 .query_opt("SELECT value FROM settings WHERE name = $1", &[&name])
                 .await
@@ -1510,6 +1555,7 @@ impl Store for PgStore {
         let name = name.to_owned();
         Box::pin(async move {
             match self
+                .db
                 .write(WriteOp::InsertSetting {
                     name: &name,
                     value: &value,
@@ -1523,8 +1569,8 @@ impl Store for PgStore {
     }
 
     fn counts(&self) -> BoxFuture<'_, Result<(i64, i64), StoreError>> {
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             let r = client
                 .query_one(
                     "SELECT COUNT(DISTINCT secret_id), COUNT(*) FROM versions WHERE envelope IS NOT NULL",
@@ -1539,7 +1585,7 @@ impl Store for PgStore {
     fn export(&self) -> BoxFuture<'_, Result<Dump, StoreError>> {
         // No client-side deadline: a large store takes as long as it takes.
         Box::pin(async move {
-            let mut client = self.pool.get().await.map_err(map_pool)?;
+            let mut client = self.db.pool.get().await.map_err(map_pool)?;
             // One snapshot for all four tables.
             let tx = client
                 .build_transaction()
@@ -1628,7 +1674,7 @@ impl Store for PgStore {
 
     fn import(&self, dump: Dump, replace: bool) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut client = self.pool.get().await.map_err(map_pool)?;
+            let mut client = self.db.pool.get().await.map_err(map_pool)?;
             let tx = client.transaction().await.map_err(map_pg)?;
             tx.batch_execute("SET LOCAL statement_timeout = 0; LOCK TABLE secrets, versions, data_keys, settings IN EXCLUSIVE MODE")
                 .await
@@ -1722,8 +1768,8 @@ impl Store for PgStore {
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.deadline(async move {
-            let client = self.pool.get().await.map_err(map_pool)?;
+        Box::pin(self.db.deadline(async move {
+            let client = self.db.pool.get().await.map_err(map_pool)?;
             client.simple_query("SELECT 1").await.map_err(map_pg)?;
             Ok(())
         }))

@@ -1,10 +1,14 @@
-//! The embedded store: one SQLite database in WAL mode with `synchronous=FULL`.
+//! The embedded store: one SQLite database in WAL mode.
 //!
 //! * **Writes** go to one writer thread that owns the only write connection.
-//!   It drains every queued write into one transaction (group commit: one
-//!   WAL fsync for many concurrent PUTs), gives each write its own savepoint
-//!   so one failure does not undo the others, and answers each caller only
-//!   after `COMMIT` returned, i.e. after the WAL was synced.
+//!   It drains every queued write into one transaction (group commit), gives
+//!   each write its own savepoint so one failure does not undo the others,
+//!   and commits without an fsync (`synchronous=NORMAL` on that connection
+//!   only). The **syncer** thread then fsyncs the WAL (one fsync for every
+//!   batch committed meanwhile) and only then answers the durable writes;
+//!   until then no read sees them ([`Unsynced`]). Audit records of reads
+//!   are answered once committed. A **checkpointer** thread copies the WAL
+//!   into the database beside the writer.
 //! * **Reads** use a small pool of read-only connections: point reads run
 //!   on the calling async worker, longer ones on a blocking thread; WAL lets
 //!   them run beside the writer without locks.
@@ -1317,10 +1321,6 @@ impl Store for SqliteStore {
             };
             self.send(job, rx).await
         })
-    }
-
-    fn batches_audit(&self) -> bool {
-        true
     }
 
     fn audit_page(

@@ -90,10 +90,6 @@ impl Store for TimedStore {
         self.time("append_audit", self.inner.append_audit(records))
     }
 
-    fn batches_audit(&self) -> bool {
-        self.inner.batches_audit()
-    }
-
     fn audit_page(
         &self,
         after: i64,

@@ -938,6 +938,21 @@ async fn power_loss_every_put_ack_follows_a_wal_sync() {
     assert!(per_put < 0.75, "{summary}");
 }
 
+/// A server on a data dir under `dir` that holds `secrets` (written by a
+/// first start without fail points), restarted with `failpoints`.
+async fn restarted_with_failpoints(dir: &Path, secrets: &[(&str, &str)], failpoints: &str) -> Proc {
+    let data = dir.join("data");
+    let p = Proc::start(&data, &[("SECRETD_API_KEYS", KEY)]);
+    for (path, value) in secrets {
+        p.client(KEY).put_ok(path, value).await;
+    }
+    drop(p);
+    Proc::start(
+        &data,
+        &[("SECRETD_API_KEYS", KEY), ("FAILPOINTS", failpoints)],
+    )
+}
+
 /// A committed write is invisible to reads until the fsync that
 /// acknowledges it: with every WAL sync held back 1.5 s (a fail point in
 /// the syncer thread), a GET of the path being written, sent while the PUT
@@ -946,19 +961,15 @@ async fn power_loss_every_put_ack_follows_a_wal_sync() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_never_see_a_write_before_its_sync() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let p = Proc::start(&data, &[("SECRETD_API_KEYS", KEY)]);
-    let c = p.client(KEY);
-    c.put_ok("tfy-secret/sync/other", "settled").await;
-    c.put_ok("tfy-secret/sync/a", "v1").await;
-    drop(p);
-    let p = Proc::start(
-        &data,
+    let p = restarted_with_failpoints(
+        dir.path(),
         &[
-            ("SECRETD_API_KEYS", KEY),
-            ("FAILPOINTS", "sqlite-before-sync=sleep(1500)"),
+            ("tfy-secret/sync/other", "settled"),
+            ("tfy-secret/sync/a", "v1"),
         ],
-    );
+        "sqlite-before-sync=sleep(1500)",
+    )
+    .await;
     let c = p.client(KEY);
     let t0 = Instant::now();
     let writer = p.client(KEY);
@@ -994,18 +1005,13 @@ async fn reads_never_see_a_write_before_its_sync() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_sync_fails_every_later_write() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let p = Proc::start(&data, &[("SECRETD_API_KEYS", KEY)]);
-    p.client(KEY).put_ok("tfy-secret/fsync/a", "synced").await;
-    drop(p);
-    // only the first sync after this start fails
-    let p = Proc::start(
-        &data,
-        &[
-            ("SECRETD_API_KEYS", KEY),
-            ("FAILPOINTS", "sqlite-sync-fails=1*return"),
-        ],
-    );
+    // only the first sync after the restart fails
+    let p = restarted_with_failpoints(
+        dir.path(),
+        &[("tfy-secret/fsync/a", "synced")],
+        "sqlite-sync-fails=1*return",
+    )
+    .await;
     let c = p.client(KEY);
     let first = c.put("tfy-secret/fsync/a", "lost").await;
     assert!(first.status >= 500, "{}", first.status);
