@@ -8,16 +8,48 @@
 //! record breaks its own hash; deleting or inserting one breaks the sequence
 //! or the next record's `prev_hash`. Records never hold a value, a token or
 //! a key.
+//!
+//! There are two chains, each with its own label in the hash so that no
+//! record can be moved from one to the other: the store's (`audit_log`, the
+//! records committed with writes; on PostgreSQL also the records of reads
+//! and refusals) and, on the embedded store, the access log (a JSON-lines
+//! file of reads and refusals, see [`crate::access_log`]).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::crypto::AuditKey;
 
 /// The hash the first record chains to.
 pub const GENESIS: [u8; 32] = [0u8; 32];
 
+/// Which chain a record belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chain {
+    /// The store's `audit_log`.
+    Store,
+    /// The embedded store's access log file.
+    Access,
+}
+
+impl Chain {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Chain::Store => b"secretd/audit/v1",
+            Chain::Access => b"secretd/access/v1",
+        }
+    }
+
+    /// The word `audit tail` prints for this chain.
+    pub fn name(self) -> &'static str {
+        match self {
+            Chain::Store => "store",
+            Chain::Access => "access",
+        }
+    }
+}
+
 /// One audited request, before it is chained.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Milliseconds since the Unix epoch.
     pub time_ms: i64,
@@ -36,14 +68,14 @@ pub struct AuditRecord {
 }
 
 /// A record as stored: with its place in the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainedRecord {
     pub seq: i64,
     #[serde(flatten)]
     pub record: AuditRecord,
-    #[serde(serialize_with = "hex")]
+    #[serde(serialize_with = "hex", deserialize_with = "unhex")]
     pub prev_hash: Vec<u8>,
-    #[serde(serialize_with = "hex")]
+    #[serde(serialize_with = "hex", deserialize_with = "unhex")]
     pub hash: Vec<u8>,
 }
 
@@ -51,18 +83,51 @@ fn hex<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&to_hex(b))
 }
 
-pub fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+fn unhex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+    from_hex(&s).ok_or_else(|| serde::de::Error::custom("not a hex string"))
 }
 
-/// The hash of record `seq` chained after `prev`.
+/// Lower- or upper-case hex to bytes; `None` if malformed.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
+pub fn to_hex(b: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(char::from(DIGITS[usize::from(x >> 4)]));
+        s.push(char::from(DIGITS[usize::from(x & 0xf)]));
+    }
+    s
+}
+
+/// The hash of record `seq` of the store's chain, chained after `prev`.
 pub fn chain_hash(key: &AuditKey, prev: &[u8], seq: i64, r: &AuditRecord) -> [u8; 32] {
+    chain_hash_in(Chain::Store, key, prev, seq, r)
+}
+
+/// The hash of record `seq` of `chain`, chained after `prev`.
+pub fn chain_hash_in(
+    chain: Chain,
+    key: &AuditKey,
+    prev: &[u8],
+    seq: i64,
+    r: &AuditRecord,
+) -> [u8; 32] {
     let mut h = Vec::with_capacity(256);
     let mut field = |b: &[u8]| {
         h.extend_from_slice(&(b.len() as u64).to_be_bytes());
         h.extend_from_slice(b);
     };
-    field(b"secretd/audit/v1");
+    field(chain.label());
     field(prev);
     field(&seq.to_be_bytes());
     field(&r.time_ms.to_be_bytes());
@@ -97,9 +162,19 @@ pub fn chain_hash(key: &AuditKey, prev: &[u8], seq: i64, r: &AuditRecord) -> [u8
     key.mac(&h)
 }
 
-/// Chains `records` after the head `(seq, hash)` (use `(0, GENESIS)` for an
-/// empty log).
+/// Chains `records` after the head `(seq, hash)` of the store's chain (use
+/// `(0, GENESIS)` for an empty log).
 pub fn chain(
+    key: &AuditKey,
+    head: (i64, Vec<u8>),
+    records: Vec<AuditRecord>,
+) -> Vec<ChainedRecord> {
+    chain_in(Chain::Store, key, head, records)
+}
+
+/// Chains `records` after the head `(seq, hash)` of `chain`.
+pub fn chain_in(
+    chain: Chain,
     key: &AuditKey,
     head: (i64, Vec<u8>),
     records: Vec<AuditRecord>,
@@ -109,7 +184,7 @@ pub fn chain(
         .into_iter()
         .map(|record| {
             seq += 1;
-            let hash = chain_hash(key, &prev, seq, &record).to_vec();
+            let hash = chain_hash_in(chain, key, &prev, seq, &record).to_vec();
             let c = ChainedRecord {
                 seq,
                 record,
@@ -134,14 +209,21 @@ pub struct Broken {
 /// `(seq, hash)` between pages.
 #[derive(Debug)]
 pub struct Verifier<'k> {
+    chain: Chain,
     key: &'k AuditKey,
     seq: i64,
     hash: Vec<u8>,
 }
 
 impl<'k> Verifier<'k> {
+    /// A verifier of the store's chain.
     pub fn new(key: &'k AuditKey) -> Self {
+        Self::of(Chain::Store, key)
+    }
+
+    pub fn of(chain: Chain, key: &'k AuditKey) -> Self {
         Verifier {
+            chain,
             key,
             seq: 0,
             hash: GENESIS.to_vec(),
@@ -164,7 +246,9 @@ impl<'k> Verifier<'k> {
                 "its prev_hash does not match the previous record (a record was inserted, deleted or edited)",
             ));
         }
-        if chain_hash(self.key, &r.prev_hash, r.seq, &r.record).as_slice() != r.hash.as_slice() {
+        if chain_hash_in(self.chain, self.key, &r.prev_hash, r.seq, &r.record).as_slice()
+            != r.hash.as_slice()
+        {
             return Err(broken(
                 "its contents do not match its hash (the record was edited)",
             ));
@@ -185,16 +269,17 @@ impl<'k> Verifier<'k> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn rec(i: i64) -> AuditRecord {
+    /// A record numbered `i` (with a name that JSON must escape).
+    pub(crate) fn rec(i: i64) -> AuditRecord {
         AuditRecord {
             time_ms: i,
             request_id: format!("r{i}"),
             token_id: Some("t".into()),
-            token_name: None,
+            token_name: Some("n\"ame\n".into()),
             client: Some("127.0.0.1:1".into()),
             operation: "secret.read".into(),
             path: Some("tfy-secret/a".into()),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use axum::http::HeaderName;
 use zeroize::Zeroizing;
 
+use crate::access_log::AccessLog;
 use crate::auth::{ApiKeys, KeyHash, generate_key};
 use crate::config::{SecretString, ServeConfig};
 use crate::crypto::{AuditKey, CryptoError, Keyring, MasterKey};
@@ -41,6 +42,8 @@ pub enum BootError {
     NoStore(PathBuf),
     #[error("audit stream {0}")]
     AuditStream(String),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
     #[error("invalid auth header name {0:?}")]
     BadHeader(String),
 }
@@ -169,7 +172,17 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
              versions sealed under it answer 500 corrupt"
         );
     }
-    store.set_audit_key(Arc::new(load_audit_key(store.as_ref(), &master).await?));
+    let audit_key = Arc::new(load_audit_key(store.as_ref(), &master).await?);
+    store.set_audit_key(Arc::clone(&audit_key));
+    // The embedded store's reads and refusals are recorded in the access log
+    // (see `access_log`); PostgreSQL replicas share the database's chain.
+    let access = match &loc {
+        Location::DataDir(dir) => Some(AccessLog::open(
+            &dir.join(crate::access_log::FILE_NAME),
+            audit_key,
+        )?),
+        Location::Database(_) => None,
+    };
     let master_for_service = master;
 
     let mut headers = Vec::with_capacity(cfg.auth_headers.len());
@@ -237,14 +250,12 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
     let limits = Limits {
         max_value_bytes: cfg.max_value_bytes,
     };
+    let service = Service::new(store, master_for_service, keyring, limits, stream);
     Ok(Opened {
-        service: Arc::new(Service::new(
-            store,
-            master_for_service,
-            keyring,
-            limits,
-            stream,
-        )),
+        service: Arc::new(match access {
+            Some(log) => service.with_access_log(log, Arc::clone(&store_timings)),
+            None => service,
+        }),
         api_keys: Arc::new(ApiKeys::new(keys, headers)),
         generated_key,
         generated_master_key,

@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
-use crate::audit::{Verifier, to_hex};
+use crate::access_log::Entry as AccessEntry;
+use crate::audit::{Chain, Verifier, to_hex};
 use crate::authz::{Role, Scope};
 use crate::bootstrap::{self, Location};
 use crate::config::{DbArgs, ServeConfig, StoreArgs};
@@ -545,6 +546,14 @@ async fn rewrap_store(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The access log of the embedded store at `store`, if it is one.
+fn access_log_path(store: &StoreArgs) -> Option<std::path::PathBuf> {
+    match store.location() {
+        Location::DataDir(d) => Some(d.join(crate::access_log::FILE_NAME)),
+        Location::Database(_) => None,
+    }
+}
+
 async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     const PAGE: usize = 1000;
     match cmd {
@@ -598,6 +607,38 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 v.count(),
                 to_hex(v.head_hash())
             );
+            if let Some(path) = access_log_path(&store)
+                && let Some(entries) = crate::access_log::read(&path)
+                    .with_context(|| format!("reading {}", path.display()))?
+            {
+                let mut v = Verifier::of(Chain::Access, &key);
+                for e in entries {
+                    match e {
+                        AccessEntry::Record(r) => {
+                            if let Err(b) = v.feed(&r) {
+                                eprintln!("access log: {b}");
+                                return Ok(ExitCode::FAILURE);
+                            }
+                        }
+                        AccessEntry::Unreadable(line, why) => {
+                            eprintln!(
+                                "access log: chain broken at record {}: line {line} is not a record ({why})",
+                                v.count() + 1
+                            );
+                            return Ok(ExitCode::FAILURE);
+                        }
+                        AccessEntry::Torn => eprintln!(
+                            "access log: ends in a torn line (a write interrupted by a crash; \
+                             its request failed); the next start cuts it off"
+                        ),
+                    }
+                }
+                println!(
+                    "access log intact: {} records, head {}",
+                    v.count(),
+                    to_hex(v.head_hash())
+                );
+            }
         }
         AuditCommand::Tail {
             since,
@@ -623,32 +664,79 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
                 }
             };
-            let mut after = 0;
+            // The store's chain and the access log, merged by time.
+            let mut access = match access_log_path(&store) {
+                Some(path) => crate::access_log::read(&path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .map(|entries| {
+                        entries.filter_map(|e| match e {
+                            AccessEntry::Record(r) => Some(r),
+                            AccessEntry::Unreadable(line, why) => {
+                                eprintln!("access log: skipping line {line}: {why}");
+                                None
+                            }
+                            AccessEntry::Torn => None,
+                        })
+                    }),
+                None => None,
+            }
+            .into_iter()
+            .flatten()
+            .peekable();
+            let mut page = std::collections::VecDeque::new();
+            let (mut after, mut more) = (0, true);
             loop {
-                let page = svc.store().audit_page(after, PAGE).await?;
-                for r in page.iter().filter(|r| r.record.time_ms >= since_ms) {
-                    if json {
-                        println!("{}", serde_json::to_string(r)?);
-                    } else {
-                        let a = &r.record;
-                        println!(
-                            "{} #{} {} {} path={} version={} status={} token={} client={} request={}",
-                            show_time(Some(a.time_ms)),
-                            r.seq,
-                            a.operation,
-                            a.outcome,
-                            a.path.as_deref().unwrap_or("-"),
-                            a.version.map_or_else(|| "-".to_owned(), |v| v.to_string()),
-                            a.status,
-                            a.token_name.as_deref().unwrap_or("-"),
-                            a.client.as_deref().unwrap_or("-"),
-                            a.request_id
-                        );
-                    }
+                if page.is_empty() && more {
+                    let p = svc.store().audit_page(after, PAGE).await?;
+                    more = p.len() == PAGE;
+                    after = p.last().map_or(after, |r| r.seq);
+                    page.extend(p);
                 }
-                match page.last() {
-                    Some(last) if page.len() == PAGE => after = last.seq,
-                    _ => break,
+                let from_access = match (page.front(), access.peek()) {
+                    (Some(s), Some(a)) => a.record.time_ms < s.record.time_ms,
+                    (Some(_), None) => false,
+                    (None, Some(_)) => true,
+                    (None, None) => break,
+                };
+                let (chain, r) = match if from_access {
+                    access.next().map(|r| (Chain::Access, *r))
+                } else {
+                    page.pop_front().map(|r| (Chain::Store, r))
+                } {
+                    Some(x) => x,
+                    None => break,
+                };
+                if r.record.time_ms < since_ms {
+                    continue;
+                }
+                if json {
+                    #[derive(serde::Serialize)]
+                    struct Line<'a> {
+                        chain: &'static str,
+                        #[serde(flatten)]
+                        r: &'a crate::audit::ChainedRecord,
+                    }
+                    let line = Line {
+                        chain: chain.name(),
+                        r: &r,
+                    };
+                    println!("{}", serde_json::to_string(&line)?);
+                } else {
+                    let a = &r.record;
+                    println!(
+                        "{} {}#{} {} {} path={} version={} status={} token={} client={} request={}",
+                        show_time(Some(a.time_ms)),
+                        if chain == Chain::Access { "access" } else { "" },
+                        r.seq,
+                        a.operation,
+                        a.outcome,
+                        a.path.as_deref().unwrap_or("-"),
+                        a.version.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                        a.status,
+                        a.token_name.as_deref().unwrap_or("-"),
+                        a.client.as_deref().unwrap_or("-"),
+                        a.request_id
+                    );
                 }
             }
         }

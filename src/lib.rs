@@ -4,6 +4,7 @@
 //! Dependencies point one way: `http` -> `service` -> `store` / `crypto`;
 //! `path` and `error` are shared vocabulary.
 
+pub mod access_log;
 pub mod audit;
 pub mod auth;
 pub mod authz;

@@ -4,30 +4,13 @@
 //! fails on any violation.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::common::{
-    Client, KEY, Proc, bin, dir_contains, files_under, goal_report, raw, send, test_seed,
+    Client, KEY, Proc, cli_in, dir_contains, files_under, goal_report, raw, send, test_seed,
 };
-
-fn cli(data: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .env_remove("SECRETD_MASTER_KEY")
-        .env_remove("SECRETD_MASTER_KEY_FILE")
-        .output()
-        .expect("run");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Envelope layout: format byte, generation (4, big-endian), nonce (24),
 /// ciphertext, tag (16).
@@ -101,7 +84,7 @@ async fn tampered_rows_answer_corrupt_and_the_rest_still_reads() {
     // Generation 1: the rows whose key row will be altered, and controls.
     c.put_ok(&path("old-gen"), "value-old-gen").await;
     c.put_ok(&path("control-1"), "value-control-1").await;
-    let (ok, _, err) = cli(&data, &["key", "rotate"]);
+    let (ok, _, err) = cli_in(&data, &["key", "rotate"]);
     assert!(ok, "{err}");
     for n in names.iter().filter(|n| **n != "old-gen") {
         c.put_ok(&path(n), &format!("value-{n}-v1")).await;
@@ -318,9 +301,9 @@ async fn canaries_never_leak() {
         .into_owned();
     // A backup in the data dir, and the audit trail (read beside the server).
     let backup = data.join("backup.jsonl");
-    let (ok, _, err) = cli(&data, &["backup", "--out", backup.to_str().expect("utf8")]);
+    let (ok, _, err) = cli_in(&data, &["backup", "--out", backup.to_str().expect("utf8")]);
     assert!(ok, "backup: {err}");
-    let (ok, audit, err) = cli(&data, &["audit", "tail", "--json"]);
+    let (ok, audit, err) = cli_in(&data, &["audit", "tail", "--json"]);
     assert!(ok, "audit tail: {err}");
     assert!(audit.lines().count() > 10, "{audit}");
     // The data dir while the server runs (WAL and shm present) ...

@@ -603,6 +603,24 @@ impl Drop for Proc {
     }
 }
 
+/// Runs `secretd <args> --data-dir <data>` with the data dir's own master
+/// key; returns (exit ok, stdout, stderr).
+pub fn cli_in(data: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("SECRETD_MASTER_KEY")
+        .env_remove("SECRETD_MASTER_KEY_FILE")
+        .output()
+        .expect("run secretd");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

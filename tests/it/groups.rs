@@ -726,9 +726,37 @@ async fn every_request_is_audited_without_values(b: Backend) {
         .find(|r| r["outcome"] == "unauthenticated")
         .expect("401");
     assert!(unauth["token_id"].is_null());
+    // Which chain holds what: on the embedded store, reads and refusals are
+    // in the access log and writes in the store's chain; PostgreSQL
+    // replicas keep both in the database.
+    let embedded = matches!(s.backend, Backend::Sqlite);
+    for r in &new {
+        let write = matches!(
+            r["operation"].as_str(),
+            Some("secret.write" | "secret.delete" | "token.create" | "token.revoke")
+        ) && r["outcome"] == "ok";
+        let expected = if embedded && !write {
+            "access"
+        } else {
+            "store"
+        };
+        assert_eq!(r["chain"], expected, "{r}");
+    }
     let (ok, out, err) = s.cli(&["audit", "verify"]);
     assert!(ok, "{out}{err}");
-    assert!(out.contains(&format!("{} records", records.len())), "{out}");
+    let counted: usize = out
+        .lines()
+        .filter_map(|l| {
+            l.split(": ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(counted, records.len(), "{out}");
+    assert_eq!(out.contains("access log intact"), embedded, "{out}");
     let (ok, out, _) = s.cli(&["audit", "tail", "--since", "1h"]);
     assert!(ok);
     assert_eq!(out.lines().count(), records.len());
@@ -776,36 +804,48 @@ async fn audit_verify_catches_tampering(b: Backend) {
 }
 
 async fn reads_fail_closed_when_the_audit_log_cannot_be_written(b: Backend) {
-    let s = TestServer::start_on(b.clone()).await;
-    let c = &s.client;
     let value = "fail-closed-value-31aa";
-    c.put_ok("tfy-secret/closed/x", value).await;
+    let check = |r: Resp| {
+        assert_eq!((r.status, r.error_code().as_str()), (503, "unavailable"));
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains(value),
+            "the value was released without its audit record"
+        );
+    };
     match b {
         Backend::Sqlite => {
-            s.sql(
-                "CREATE TRIGGER no_reads BEFORE INSERT ON audit_log WHEN NEW.operation = 'secret.read'
-                 BEGIN SELECT RAISE(ABORT, 'audit refused'); END;",
-            )
-            .await
+            // The access log cannot be written (a fail point that writes
+            // half the line, then fails, in a server process of its own).
+            let dir = tempfile::tempdir().expect("tempdir");
+            let p = Proc::start(
+                &dir.path().join("data"),
+                &[
+                    ("SECRETD_API_KEYS", KEY),
+                    ("SECRETD_MASTER_KEY", MASTER_KEY),
+                    ("FAILPOINTS", "access-log-write-fails=return"),
+                ],
+            );
+            let c = p.client(KEY);
+            c.put_ok("tfy-secret/closed/x", value).await;
+            check(c.get("tfy-secret/closed/x", None).await);
+            c.put_ok("tfy-secret/closed/x", "more").await;
         }
         Backend::Postgres(_) => {
+            let s = TestServer::start_on(b.clone()).await;
+            let c = &s.client;
+            c.put_ok("tfy-secret/closed/x", value).await;
             s.sql(
                 "CREATE FUNCTION no_reads() RETURNS trigger AS $$ BEGIN
                    IF NEW.operation = 'secret.read' THEN RAISE EXCEPTION 'audit refused'; END IF;
                    RETURN NEW; END $$ LANGUAGE plpgsql;
                  CREATE TRIGGER no_reads BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION no_reads();",
             )
-            .await
+            .await;
+            check(c.get("tfy-secret/closed/x", None).await);
+            // writes carry their record in their own transaction: still fine
+            c.put_ok("tfy-secret/closed/x", "more").await;
         }
     }
-    let r = c.get("tfy-secret/closed/x", None).await;
-    assert_eq!((r.status, r.error_code().as_str()), (503, "unavailable"));
-    assert!(
-        !String::from_utf8_lossy(&r.body).contains(value),
-        "the value was released without its audit record"
-    );
-    // writes carry their record in their own transaction: still fine
-    c.put_ok("tfy-secret/closed/x", "more").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
