@@ -67,6 +67,8 @@ pub enum AccessLogError {
     BadTail { path: String, reason: String },
     #[error("access log unusable since an earlier failure ({0}); restart secretd")]
     Broken(String),
+    #[error("access log: cannot encode a record: {0}")]
+    Encode(String),
 }
 
 /// The open, locked access log of a serving process.
@@ -166,6 +168,15 @@ impl AccessLog {
         Ok(log)
     }
 
+    /// The head: the last record's `seq` and hash (`(0, GENESIS)` if empty).
+    pub fn head(&self) -> Result<(i64, [u8; 32]), AccessLogError> {
+        let st = self
+            .state
+            .lock()
+            .map_err(|_| AccessLogError::Broken("lock poisoned".into()))?;
+        Ok((st.seq, st.head))
+    }
+
     /// Chains `records` after the head and writes them. `Ok` means they are
     /// in the file (the OS's page cache); an error means none of them is.
     pub fn append(&self, records: &[AuditRecord]) -> Result<(), AccessLogError> {
@@ -197,7 +208,7 @@ impl AccessLog {
                     hash: &hash,
                 },
             )
-            .map_err(|e| AccessLogError::Broken(format!("encoding a record: {e}")))?;
+            .map_err(|e| AccessLogError::Encode(e.to_string()))?;
             buf.push(b'\n');
             prev = hash;
         }
@@ -219,8 +230,19 @@ impl AccessLog {
             }
             Err(e) => {
                 // A write that failed part-way leaves a torn line: cut it
-                // off, or stop appending if even that fails.
-                if let Err(t) = self.file.set_len(*len) {
+                // off, or stop appending if even that fails, or if the file
+                // is shorter than what this process wrote (truncated behind
+                // its back: cutting "back" would pad it with zeros).
+                let cut = match self.file.metadata() {
+                    Ok(m) if m.len() < *len => Err(format!(
+                        "the file is {} bytes, shorter than the {} written",
+                        m.len(),
+                        *len
+                    )),
+                    Ok(_) => self.file.set_len(*len).map_err(|t| t.to_string()),
+                    Err(t) => Err(t.to_string()),
+                };
+                if let Err(t) = cut {
                     tracing::error!(error = %t, "access log: cannot cut off a failed write; reads now fail");
                     *broken = Some(format!("cutting off a failed write: {t}"));
                 }
@@ -304,6 +326,7 @@ fn recover(
             "access log ends in a torn line (a crash during a write); cutting it off"
         );
         file.set_len(complete).map_err(io)?;
+        file.sync_data().map_err(io)?;
     }
     if whole == 0 {
         return Ok((0, audit::GENESIS, 0));
@@ -328,14 +351,90 @@ fn recover(
     Ok((last.seq, hash, complete))
 }
 
+/// The operation of an anchor: a record in the store's chain holding the
+/// access log's head (`version`: its `seq`; `request_id`:
+/// [`ANCHOR_PREFIX`] and its hash), written at start, every minute the log
+/// grew, and at shutdown. `audit verify` checks the log against the
+/// anchors, so a log truncated, replaced or deleted behind the server's back
+/// does not verify; a log that starts over (seq 0: rotated, or deleted
+/// while the server was stopped) is reported.
+pub const ANCHOR_OPERATION: &str = "access_log.anchor";
+pub const ANCHOR_PREFIX: &str = "access-log-head:";
+
+/// The anchor record of head `(seq, hash)`.
+pub fn anchor_record(seq: i64, hash: &[u8; 32], time_ms: i64) -> AuditRecord {
+    AuditRecord {
+        time_ms,
+        request_id: format!("{ANCHOR_PREFIX}{}", audit::to_hex(hash)),
+        token_id: None,
+        token_name: None,
+        client: None,
+        operation: ANCHOR_OPERATION.into(),
+        path: None,
+        version: Some(seq),
+        outcome: "ok".into(),
+        status: 0,
+    }
+}
+
+/// The head `(seq, hash)` an anchor record holds; `None` if `r` is none.
+pub fn parse_anchor(r: &AuditRecord) -> Option<(i64, Vec<u8>)> {
+    if r.operation != ANCHOR_OPERATION {
+        return None;
+    }
+    let hash = audit::from_hex(r.request_id.strip_prefix(ANCHOR_PREFIX)?)?;
+    Some((r.version?, hash))
+}
+
+/// Refuses if a server holds the access log at `path` (for `restore`).
+pub fn ensure_not_held(path: &Path) -> Result<(), AccessLogError> {
+    let shown = path.display().to_string();
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(AccessLogError::Io {
+                path: shown,
+                source,
+            });
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AccessLogError::Locked { path: shown }),
+        Err(std::fs::TryLockError::Error(source)) => Err(AccessLogError::Io {
+            path: shown,
+            source,
+        }),
+    }
+}
+
+/// Renames the access log at `path` to `<path>.<unix ms>` if there is one
+/// (after a `restore` replaced its store); refuses while a server holds
+/// it. Returns the new name.
+pub fn set_aside(path: &Path) -> Result<Option<PathBuf>, AccessLogError> {
+    ensure_not_held(path)?;
+    if !path.exists() {
+        return Ok(None);
+    }
+    let mut to = path.as_os_str().to_owned();
+    to.push(format!(".{}", crate::store::now_ms()));
+    let to = PathBuf::from(to);
+    std::fs::rename(path, &to).map_err(|source| AccessLogError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Some(to))
+}
+
 /// One line of the log, as read back by [`read`].
 #[derive(Debug)]
 pub enum Entry {
     Record(Box<ChainedRecord>),
     /// A whole line that is not a record (1-based line number, why).
     Unreadable(u64, String),
-    /// An unterminated last line: a write a crash interrupted (its request
-    /// failed); the next start cuts it off.
+    /// An unterminated last line: a write in progress, or one a crash
+    /// interrupted (its request failed); the next start cuts it off.
     Torn,
 }
 
@@ -350,7 +449,11 @@ pub fn read(path: &Path) -> std::io::Result<Option<impl Iterator<Item = Entry> +
     let mut reader = std::io::BufReader::new(file);
     let mut n = 0u64;
     let mut line = Vec::new();
+    let mut failed = false;
     Ok(Some(std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
         line.clear();
         n += 1;
         match reader.read_until(b'\n', &mut line) {
@@ -360,7 +463,11 @@ pub fn read(path: &Path) -> std::io::Result<Option<impl Iterator<Item = Entry> +
                 Ok(r) => Entry::Record(r),
                 Err(e) => Entry::Unreadable(n, e.to_string()),
             }),
-            Err(e) => Some(Entry::Unreadable(n, e.to_string())),
+            Err(e) => {
+                // An I/O error would repeat: end here.
+                failed = true;
+                Some(Entry::Unreadable(n, e.to_string()))
+            }
         }
     })))
 }
@@ -381,6 +488,51 @@ mod tests {
             }
         }
         Ok(v.count())
+    }
+
+    /// Opens `path` again once the previous handle's sync thread let go.
+    fn reopen(path: &Path, key: &Arc<AuditKey>) -> Result<Arc<AccessLog>, AccessLogError> {
+        for _ in 0..50 {
+            match AccessLog::open(path, Arc::clone(key)) {
+                Err(AccessLogError::Locked { .. }) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+        AccessLog::open(path, Arc::clone(key))
+    }
+
+    #[test]
+    fn concurrent_appends_form_one_chain_and_a_long_log_reopens_at_its_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let key = Arc::new(AuditKey::random().unwrap());
+        let log = AccessLog::open(&path, Arc::clone(&key)).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let log = &log;
+                s.spawn(move || {
+                    for i in 0..200 {
+                        log.append(&[rec(t * 1000 + i)]).unwrap();
+                    }
+                });
+            }
+        });
+        let head = log.head().unwrap();
+        assert_eq!(head.0, 1600);
+        drop(log);
+        assert_eq!(verify(&path, &key), Ok(1600));
+        assert!(std::fs::metadata(&path).unwrap().len() > 4 * 64 * 1024);
+        // a torn tail longer than the first look-back window
+        let mut torn = OpenOptions::new().append(true).open(&path).unwrap();
+        torn.write_all(&vec![b'x'; 100 * 1024]).unwrap();
+        drop(torn);
+        let log = reopen(&path, &key).unwrap();
+        assert_eq!(log.head().unwrap(), head);
+        log.append(&[rec(1)]).unwrap();
+        drop(log);
+        assert_eq!(verify(&path, &key), Ok(1601));
     }
 
     #[test]
@@ -408,7 +560,7 @@ mod tests {
             .write_all(b"{\"seq\":4,\"time_ms\"")
             .unwrap();
         {
-            let log = AccessLog::open(&path, Arc::clone(&key)).unwrap();
+            let log = reopen(&path, &key).unwrap();
             assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
             log.append(&[rec(4)]).unwrap();
         }
@@ -432,12 +584,12 @@ mod tests {
             .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replace("\"status\":200,", "\"status\":500,")).unwrap();
-        let err = AccessLog::open(&path, Arc::clone(&key)).unwrap_err();
+        let err = reopen(&path, &key).unwrap_err();
         assert!(matches!(err, AccessLogError::BadTail { .. }), "{err}");
         // and under another key, an untouched log does not open either
         std::fs::write(&path, text).unwrap();
         let other = Arc::new(AuditKey::random().unwrap());
-        assert!(AccessLog::open(&path, other).is_err());
-        assert!(AccessLog::open(&path, key).is_ok());
+        assert!(reopen(&path, &other).is_err());
+        assert!(reopen(&path, &key).is_ok());
     }
 }

@@ -44,6 +44,8 @@ pub enum BootError {
     AuditStream(String),
     #[error(transparent)]
     AccessLog(#[from] crate::access_log::AccessLogError),
+    #[error("anchoring the access log in the store's audit chain: {0}")]
+    Anchor(String),
     #[error("invalid auth header name {0:?}")]
     BadHeader(String),
 }
@@ -251,11 +253,16 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
         max_value_bytes: cfg.max_value_bytes,
     };
     let service = Service::new(store, master_for_service, keyring, limits, stream);
+    let service = Arc::new(match access {
+        Some(log) => service.with_access_log(log, Arc::clone(&store_timings)),
+        None => service,
+    });
+    service
+        .anchor_access_log()
+        .await
+        .map_err(|e| BootError::Anchor(e.to_string()))?;
     Ok(Opened {
-        service: Arc::new(match access {
-            Some(log) => service.with_access_log(log, Arc::clone(&store_timings)),
-            None => service,
-        }),
+        service,
         api_keys: Arc::new(ApiKeys::new(keys, headers)),
         generated_key,
         generated_master_key,

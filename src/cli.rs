@@ -560,6 +560,8 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify { store, keys } => {
             let (svc, key) = open_for_cli(&store, &keys).await?;
             let mut v = Verifier::new(&key);
+            // (time, access log seq, its hash) of every anchor, in order.
+            let mut anchors: Vec<(i64, i64, Vec<u8>)> = Vec::new();
             let mut after = 0;
             loop {
                 let page = match svc.store().audit_page(after, PAGE).await {
@@ -596,6 +598,9 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                         eprintln!("{b}");
                         return Ok(ExitCode::FAILURE);
                     }
+                    if let Some((seq, hash)) = crate::access_log::parse_anchor(&r.record) {
+                        anchors.push((r.record.time_ms, seq, hash));
+                    }
                 }
                 match page.last() {
                     Some(last) if page.len() == PAGE => after = last.seq,
@@ -607,9 +612,39 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 v.count(),
                 to_hex(v.head_hash())
             );
-            if let Some(path) = access_log_path(&store)
-                && let Some(entries) = crate::access_log::read(&path)
-                    .with_context(|| format!("reading {}", path.display()))?
+            let Some(path) = access_log_path(&store) else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            // The anchors of the current access chain: those after the last
+            // one that anchored an empty log (a new chain: the first start,
+            // a restore, a rotation, or a deletion while stopped).
+            let restart = anchors.iter().rposition(|a| a.1 == 0).unwrap_or(0);
+            let (earlier, current) = anchors.split_at(restart);
+            if let Some(n) = earlier.iter().map(|a| a.1).max().filter(|&n| n > 0)
+                && let Some(began) = current.first()
+            {
+                println!(
+                    "access log: a new chain began {} (the one before held at least {n} records: \
+                     rotated, restored over, or deleted)",
+                    show_time(Some(began.0))
+                );
+            }
+            let mut anchored: std::collections::BTreeMap<i64, Vec<&[u8]>> = Default::default();
+            for (_, seq, hash) in current.iter().filter(|a| a.1 > 0) {
+                anchored.entry(*seq).or_default().push(hash);
+            }
+            let Some(entries) = crate::access_log::read(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+            else {
+                if let Some(seq) = anchored.keys().next_back() {
+                    eprintln!(
+                        "access log {} is missing: the store's chain anchored its record {seq}",
+                        path.display()
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                return Ok(ExitCode::SUCCESS);
+            };
             {
                 let mut v = Verifier::of(Chain::Access, &key);
                 for e in entries {
@@ -617,6 +652,17 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                         AccessEntry::Record(r) => {
                             if let Err(b) = v.feed(&r) {
                                 eprintln!("access log: {b}");
+                                return Ok(ExitCode::FAILURE);
+                            }
+                            if anchored
+                                .get(&r.seq)
+                                .is_some_and(|hs| hs.iter().any(|h| *h != r.hash.as_slice()))
+                            {
+                                eprintln!(
+                                    "access log: record {} is not the one the store's chain anchored \
+                                     (the log was replaced)",
+                                    r.seq
+                                );
                                 return Ok(ExitCode::FAILURE);
                             }
                         }
@@ -632,6 +678,13 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                              its request failed); the next start cuts it off"
                         ),
                     }
+                }
+                if let Some(seq) = anchored.keys().next_back().filter(|&&s| s > v.count()) {
+                    eprintln!(
+                        "access log truncated: it ends at record {}, the store's chain anchored record {seq}",
+                        v.count()
+                    );
+                    return Ok(ExitCode::FAILURE);
                 }
                 println!(
                     "access log intact: {} records, head {}",
@@ -873,6 +926,22 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
             }
         });
     }
+    // Anchor the access log's head in the store's chain every minute it grew
+    // (see access_log::ANCHOR_OPERATION), and once more on the way out.
+    let service = Arc::clone(&state.service);
+    let anchoring = tokio::spawn({
+        let service = Arc::clone(&service);
+        async move {
+            let mut every = tokio::time::interval(ANCHOR_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if let Err(e) = service.anchor_access_log().await {
+                    tracing::warn!(error = %e, "could not anchor the access log; retrying in a minute");
+                }
+            }
+        }
+    });
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown_signal().await;
@@ -893,9 +962,16 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<ExitCode> {
             tracing::warn!(timeout = ?cfg.shutdown_timeout, "in-flight requests did not finish in time; exiting");
         }
     }
+    anchoring.abort();
+    if let Err(e) = service.anchor_access_log().await {
+        tracing::warn!(error = %e, "could not anchor the access log at shutdown");
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
+
+/// How often a serving process anchors its access log's head.
+const ANCHOR_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let from = Location::parse(&args.from);
@@ -1081,6 +1157,13 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     )
     .context("loading the master key")?;
     crate::backup::check_master_key(&dump, &master)?;
+    // The data dir's access log belongs to the store being replaced: it is
+    // moved aside once the restore is in (refusing up front while a server
+    // holds it), and the restored store starts a new one.
+    let access_log = data_dir.map(|d| d.join(crate::access_log::FILE_NAME));
+    if let Some(p) = &access_log {
+        crate::access_log::ensure_not_held(p)?;
+    }
     let target = bootstrap::open_store(&loc, &args.store.db.settings())
         .await
         .with_context(|| format!("opening the target {loc}"))?;
@@ -1097,10 +1180,31 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         header.counts,
         header.dump_sha256
     );
+    let mut old_access_log = None;
+    if let Some(p) = &access_log {
+        old_access_log = crate::access_log::set_aside(p)?;
+        target.set_audit_key(Arc::new(
+            bootstrap::load_audit_key(target.as_ref(), &master).await?,
+        ));
+        target
+            .append_audit(vec![crate::access_log::anchor_record(
+                0,
+                &crate::audit::GENESIS,
+                crate::store::now_ms(),
+            )])
+            .await
+            .context("starting a new access log chain")?;
+    }
     println!(
         "restored {counts} into {loc} (backup of a {} store taken {} by secretd {})\nverified: counts match, sha256 {sum}",
         header.source, header.created_at, header.secretd_version
     );
+    if let Some(p) = old_access_log {
+        println!(
+            "the data dir's previous access log was moved to {}",
+            p.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -207,6 +207,8 @@ pub struct Service {
     /// the store's `append_audit`); `None`: in the store's chain
     /// ([`Store::append_audit`]).
     access: Option<(Arc<AccessLog>, Arc<StoreTimings>)>,
+    /// The access log `seq` last anchored in the store's chain (-1: none).
+    anchored: std::sync::atomic::AtomicI64,
     /// When each token's `last_used_at` was last written (throttle).
     touched: Mutex<HashMap<String, i64>>,
 }
@@ -240,6 +242,7 @@ impl Service {
             limits,
             stream,
             access: None,
+            anchored: std::sync::atomic::AtomicI64::new(-1),
             touched: Mutex::new(HashMap::new()),
         }
     }
@@ -259,6 +262,7 @@ impl Service {
             limits: Limits::default(),
             stream: None,
             access: None,
+            anchored: std::sync::atomic::AtomicI64::new(-1),
             touched: Mutex::new(HashMap::new()),
         }
     }
@@ -311,6 +315,27 @@ impl Service {
     /// The store, for commands that walk it (audit verify, tail).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Records the access log's head in the store's chain (an anchor; see
+    /// [`crate::access_log::ANCHOR_OPERATION`]) unless it was anchored
+    /// already. A no-op without an access log.
+    pub async fn anchor_access_log(&self) -> Result<(), Error> {
+        let Some((log, _)) = &self.access else {
+            return Ok(());
+        };
+        let (seq, hash) = log
+            .head()
+            .map_err(|e| Error::Internal(format!("access log: {e}")))?;
+        let last = &self.anchored;
+        if last.load(std::sync::atomic::Ordering::Acquire) == seq {
+            return Ok(());
+        }
+        self.store
+            .append_audit(vec![crate::access_log::anchor_record(seq, &hash, now_ms())])
+            .await?;
+        last.fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 
     /// Appends the audit record of a read or a refusal and waits until it is

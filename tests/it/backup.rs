@@ -454,7 +454,7 @@ async fn refusals_leave_the_target_empty() {
         .mode();
     assert_eq!(mode & 0o777, 0o700, "{mode:o}");
     refused(restore(&file, &WITH_KEY), "not empty");
-    // into the live source's store too
+    // into the live source's store: it holds the data dir
     refused(
         run(
             &[
@@ -466,7 +466,7 @@ async fn refusals_leave_the_target_empty() {
             ],
             &WITH_KEY,
         ),
-        "not empty",
+        "held by another secretd process",
     );
     let p = Proc::start(
         &target,
@@ -497,4 +497,49 @@ async fn refusals_leave_the_target_empty() {
     let r = p.client(KEY).get("tfy-secret/r/canary", None).await;
     assert_eq!(r.json()["value"], canary);
     assert_eq!(r.json()["version"], 1);
+}
+
+/// A restore over a data dir that served another store (another audit
+/// key) sets that dir's access log aside, refuses while a server holds
+/// it, and leaves a dir that serves and verifies: a new access chain.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_sets_the_replaced_access_log_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    let file = dir.path().join("src.backup").display().to_string();
+    let env = server_env(&[]);
+    for data in [&src, &dst] {
+        let p = start(data, &env);
+        p.client(KEY).put_ok("tfy-secret/ra/a", "v").await;
+        assert_eq!(p.client(KEY).get("tfy-secret/ra/a", None).await.status, 200);
+        drop(p);
+    }
+    let (s, d) = (src.display().to_string(), dst.display().to_string());
+    ok(run(
+        &["backup", "--out", &file, "--data-dir", &s],
+        &WITH_KEY,
+    ));
+    let restore = || {
+        run(
+            &["restore", "--from", &file, "--data-dir", &d, "--replace"],
+            &WITH_KEY,
+        )
+    };
+    let p = start(&dst, &env);
+    refused(restore(), "held by another secretd process");
+    drop(p);
+    let out = ok(restore());
+    assert!(out.contains("previous access log was moved to"), "{out}");
+    let aside: Vec<_> = std::fs::read_dir(&dst)
+        .expect("read_dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("access.log."))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert!(!dst.join("access.log").exists());
+    let p = start(&dst, &env);
+    assert_eq!(p.client(KEY).get("tfy-secret/ra/a", None).await.status, 200);
+    drop(p);
+    let out = ok(run(&["audit", "verify", "--data-dir", &d], &WITH_KEY));
+    assert!(out.contains("access log intact: 1 records"), "{out}");
 }

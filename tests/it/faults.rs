@@ -1453,6 +1453,56 @@ async fn a_failed_access_log_sync_fails_later_reads() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status, 503);
+    let r = c.get("tfy-secret/als/a", None).await;
+    assert_eq!((r.status, r.error_code().as_str()), (503, "unavailable"));
+    assert!(!String::from_utf8_lossy(&r.body).contains("\"v\""));
     // writes are recorded in the store's chain: unaffected
     c.put_ok("tfy-secret/als/a", "v2").await;
+}
+
+/// The store's chain anchors the access log's head at every start, so an
+/// access log truncated or deleted behind the server's back does not
+/// verify; one that starts over (deleted while stopped, then a start) is
+/// reported as a new chain.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_chain_anchors_the_access_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let env = [("SECRETD_API_KEYS", KEY)];
+    let p = Proc::start(&data, &env);
+    p.client(KEY).put_ok("tfy-secret/anchor/a", "v").await;
+    for _ in 0..3 {
+        assert_eq!(
+            p.client(KEY).get("tfy-secret/anchor/a", None).await.status,
+            200
+        );
+    }
+    drop(p);
+    // the next start anchors record 3
+    drop(Proc::start(&data, &env));
+    let (ok, out, err) = audit_verify(&data);
+    assert!(
+        ok && out.contains("access log intact: 3 records"),
+        "{out}{err}"
+    );
+    let log = data.join("access.log");
+    let text = std::fs::read_to_string(&log).expect("access.log");
+    let first_two: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&log, &first_two).expect("write");
+    let (ok, _, err) = audit_verify(&data);
+    assert!(
+        !ok && err.contains("truncated: it ends at record 2") && err.contains("anchored record 3"),
+        "{err}"
+    );
+    std::fs::remove_file(&log).expect("remove");
+    let (ok, _, err) = audit_verify(&data);
+    assert!(!ok && err.contains("is missing"), "{err}");
+    // a start on the deleted log begins a new chain, and says so
+    drop(Proc::start(&data, &env));
+    let (ok, out, err) = audit_verify(&data);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("a new chain began") && out.contains("at least 3 records"),
+        "{out}"
+    );
 }
