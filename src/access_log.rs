@@ -177,6 +177,18 @@ impl AccessLog {
         Ok((st.seq, st.head))
     }
 
+    /// The head, once every record up to it is synced to disk (for an
+    /// anchor: the store's chain must never name a record a power loss can
+    /// take back). Blocks for an `fdatasync`.
+    pub fn synced_head(&self) -> Result<(i64, [u8; 32]), AccessLogError> {
+        let head = self.head()?;
+        self.file.sync_data().map_err(|source| AccessLogError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        Ok(head)
+    }
+
     /// Chains `records` after the head and writes them. `Ok` means they are
     /// in the file (the OS's page cache); an error means none of them is.
     pub fn append(&self, records: &[AuditRecord]) -> Result<(), AccessLogError> {
@@ -354,12 +366,16 @@ fn recover(
 /// The operation of an anchor: a record in the store's chain holding the
 /// access log's head (`version`: its `seq`; `request_id`:
 /// [`ANCHOR_PREFIX`] and its hash), written at start, every minute the log
-/// grew, and at shutdown. `audit verify` checks the log against the
-/// anchors, so a log truncated, replaced or deleted behind the server's back
-/// does not verify; a log that starts over (seq 0: rotated, or deleted
-/// while the server was stopped) is reported.
+/// grew, and at shutdown, each time of a head already synced to disk.
+/// `audit verify` checks the log against the anchors since the last
+/// [`NEW_CHAIN_OPERATION`], so a log truncated below an anchor, replaced,
+/// or deleted (and started over) does not verify.
 pub const ANCHOR_OPERATION: &str = "access_log.anchor";
 pub const ANCHOR_PREFIX: &str = "access-log-head:";
+/// The operation of the record that begins a new access chain on purpose:
+/// `secretd audit rotate-access-log` and `secretd restore`, after moving the
+/// old log aside.
+pub const NEW_CHAIN_OPERATION: &str = "access_log.new_chain";
 
 /// The anchor record of head `(seq, hash)`.
 pub fn anchor_record(seq: i64, hash: &[u8; 32], time_ms: i64) -> AuditRecord {
@@ -377,54 +393,91 @@ pub fn anchor_record(seq: i64, hash: &[u8; 32], time_ms: i64) -> AuditRecord {
     }
 }
 
-/// The head `(seq, hash)` an anchor record holds; `None` if `r` is none.
-pub fn parse_anchor(r: &AuditRecord) -> Option<(i64, Vec<u8>)> {
-    if r.operation != ANCHOR_OPERATION {
-        return None;
+/// The record that begins a new access chain.
+pub fn new_chain_record(time_ms: i64) -> AuditRecord {
+    AuditRecord {
+        operation: NEW_CHAIN_OPERATION.into(),
+        ..anchor_record(0, &audit::GENESIS, time_ms)
     }
-    let hash = audit::from_hex(r.request_id.strip_prefix(ANCHOR_PREFIX)?)?;
-    Some((r.version?, hash))
 }
 
-/// Refuses if a server holds the access log at `path` (for `restore`).
-pub fn ensure_not_held(path: &Path) -> Result<(), AccessLogError> {
-    let shown = path.display().to_string();
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(AccessLogError::Io {
+/// What a record of the store's chain says about the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mark {
+    /// Its head was `(seq, hash)`.
+    Anchor(i64, Vec<u8>),
+    /// A new chain began.
+    NewChain,
+}
+
+/// The mark `r` holds, if it is one.
+pub fn parse_mark(r: &AuditRecord) -> Option<Mark> {
+    match r.operation.as_str() {
+        NEW_CHAIN_OPERATION => Some(Mark::NewChain),
+        ANCHOR_OPERATION => {
+            let hash = audit::from_hex(r.request_id.strip_prefix(ANCHOR_PREFIX)?)?;
+            Some(Mark::Anchor(r.version?, hash))
+        }
+        _ => None,
+    }
+}
+
+/// The access log at a path, locked against servers (if it exists), for a
+/// command that replaces it: `restore`, `audit rotate-access-log`.
+#[derive(Debug)]
+pub struct Held {
+    path: PathBuf,
+    /// Open and locked; `None` if there is no log.
+    file: Option<File>,
+}
+
+impl Held {
+    /// Locks the log at `path`; refuses while a server holds it.
+    pub fn take(path: &Path) -> Result<Self, AccessLogError> {
+        let shown = path.display().to_string();
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Held {
+                    path: path.to_owned(),
+                    file: None,
+                });
+            }
+            Err(source) => {
+                return Err(AccessLogError::Io {
+                    path: shown,
+                    source,
+                });
+            }
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(Held {
+                path: path.to_owned(),
+                file: Some(file),
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(AccessLogError::Locked { path: shown }),
+            Err(std::fs::TryLockError::Error(source)) => Err(AccessLogError::Io {
                 path: shown,
                 source,
-            });
+            }),
         }
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(AccessLogError::Locked { path: shown }),
-        Err(std::fs::TryLockError::Error(source)) => Err(AccessLogError::Io {
-            path: shown,
-            source,
-        }),
     }
-}
 
-/// Renames the access log at `path` to `<path>.<unix ms>` if there is one
-/// (after a `restore` replaced its store); refuses while a server holds
-/// it. Returns the new name.
-pub fn set_aside(path: &Path) -> Result<Option<PathBuf>, AccessLogError> {
-    ensure_not_held(path)?;
-    if !path.exists() {
-        return Ok(None);
+    /// Renames the log to `<path>.<unix ms>` (still locked while it moves);
+    /// returns the new name, `None` if there was no log.
+    pub fn set_aside(self) -> Result<Option<PathBuf>, AccessLogError> {
+        let Some(_locked) = self.file else {
+            return Ok(None);
+        };
+        let mut to = self.path.as_os_str().to_owned();
+        to.push(format!(".{}", crate::store::now_ms()));
+        let to = PathBuf::from(to);
+        std::fs::rename(&self.path, &to).map_err(|source| AccessLogError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        Ok(Some(to))
     }
-    let mut to = path.as_os_str().to_owned();
-    to.push(format!(".{}", crate::store::now_ms()));
-    let to = PathBuf::from(to);
-    std::fs::rename(path, &to).map_err(|source| AccessLogError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    Ok(Some(to))
 }
 
 /// One line of the log, as read back by [`read`].

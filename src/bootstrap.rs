@@ -44,8 +44,6 @@ pub enum BootError {
     AuditStream(String),
     #[error(transparent)]
     AccessLog(#[from] crate::access_log::AccessLogError),
-    #[error("anchoring the access log in the store's audit chain: {0}")]
-    Anchor(String),
     #[error("invalid auth header name {0:?}")]
     BadHeader(String),
 }
@@ -257,10 +255,10 @@ pub async fn open(cfg: &ServeConfig) -> Result<Opened, BootError> {
         Some(log) => service.with_access_log(log, Arc::clone(&store_timings)),
         None => service,
     });
-    service
-        .anchor_access_log()
-        .await
-        .map_err(|e| BootError::Anchor(e.to_string()))?;
+    // Serving does not depend on it: the periodic anchor retries.
+    if let Err(e) = service.anchor_access_log().await {
+        tracing::warn!(error = %e, "could not anchor the access log at start");
+    }
     Ok(Opened {
         service,
         api_keys: Arc::new(ApiKeys::new(keys, headers)),

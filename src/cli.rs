@@ -281,6 +281,15 @@ pub enum AuditCommand {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Move the embedded store's access log aside (to access.log.<ms>) and
+    /// begin a new chain, recorded in the store's chain; the server must be
+    /// stopped.
+    RotateAccessLog {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
     /// Print audit records, oldest first.
     Tail {
         /// Only records at or after this time: RFC 3339 (2026-11-23T10:00:00Z) or an age (1h, 30m).
@@ -546,6 +555,27 @@ async fn rewrap_store(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Moves the held access log aside and records in the store's chain that a
+/// new access chain begins (restore, rotation).
+async fn begin_access_chain(
+    store: &dyn Store,
+    master: &MasterKey,
+    held: crate::access_log::Held,
+) -> anyhow::Result<()> {
+    if let Some(p) = held.set_aside()? {
+        println!("access log moved to {}", p.display());
+    }
+    store.set_audit_key(Arc::new(bootstrap::load_audit_key(store, master).await?));
+    store
+        .append_audit(vec![crate::access_log::new_chain_record(
+            crate::store::now_ms(),
+        )])
+        .await
+        .context("recording the new access chain")?;
+    println!("a new access chain begins");
+    Ok(())
+}
+
 /// The access log of the embedded store at `store`, if it is one.
 fn access_log_path(store: &StoreArgs) -> Option<std::path::PathBuf> {
     match store.location() {
@@ -560,8 +590,8 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify { store, keys } => {
             let (svc, key) = open_for_cli(&store, &keys).await?;
             let mut v = Verifier::new(&key);
-            // (time, access log seq, its hash) of every anchor, in order.
-            let mut anchors: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+            // What the store's chain says about the access log, in order.
+            let mut marks: Vec<(i64, crate::access_log::Mark)> = Vec::new();
             let mut after = 0;
             loop {
                 let page = match svc.store().audit_page(after, PAGE).await {
@@ -598,8 +628,8 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                         eprintln!("{b}");
                         return Ok(ExitCode::FAILURE);
                     }
-                    if let Some((seq, hash)) = crate::access_log::parse_anchor(&r.record) {
-                        anchors.push((r.record.time_ms, seq, hash));
+                    if let Some(m) = crate::access_log::parse_mark(&r.record) {
+                        marks.push((r.record.time_ms, m));
                     }
                 }
                 match page.last() {
@@ -616,22 +646,31 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             };
             // The anchors of the current access chain: those after the last
-            // one that anchored an empty log (a new chain: the first start,
-            // a restore, a rotation, or a deletion while stopped).
-            let restart = anchors.iter().rposition(|a| a.1 == 0).unwrap_or(0);
-            let (earlier, current) = anchors.split_at(restart);
-            if let Some(n) = earlier.iter().map(|a| a.1).max().filter(|&n| n > 0)
-                && let Some(began) = current.first()
-            {
+            // new-chain mark (a restore, a rotation).
+            use crate::access_log::Mark;
+            let begun = marks.iter().rposition(|(_, m)| *m == Mark::NewChain);
+            if let Some(i) = begun {
+                let before = marks[..i]
+                    .iter()
+                    .filter_map(|(_, m)| match m {
+                        Mark::Anchor(seq, _) => Some(*seq),
+                        Mark::NewChain => None,
+                    })
+                    .max()
+                    .unwrap_or(0);
                 println!(
-                    "access log: a new chain began {} (the one before held at least {n} records: \
-                     rotated, restored over, or deleted)",
-                    show_time(Some(began.0))
+                    "access log: a new chain began {} (rotated or restored; the chain before it \
+                     held at least {before} records)",
+                    show_time(Some(marks[i].0))
                 );
             }
             let mut anchored: std::collections::BTreeMap<i64, Vec<&[u8]>> = Default::default();
-            for (_, seq, hash) in current.iter().filter(|a| a.1 > 0) {
-                anchored.entry(*seq).or_default().push(hash);
+            for (_, m) in &marks[begun.map_or(0, |i| i + 1)..] {
+                if let Mark::Anchor(seq, hash) = m
+                    && *seq > 0
+                {
+                    anchored.entry(*seq).or_default().push(hash);
+                }
             }
             let Some(entries) = crate::access_log::read(&path)
                 .with_context(|| format!("reading {}", path.display()))?
@@ -660,7 +699,7 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                             {
                                 eprintln!(
                                     "access log: record {} is not the one the store's chain anchored \
-                                     (the log was replaced)",
+                                     (the log was replaced, or deleted and started over)",
                                     r.seq
                                 );
                                 return Ok(ExitCode::FAILURE);
@@ -692,6 +731,14 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     to_hex(v.head_hash())
                 );
             }
+        }
+        AuditCommand::RotateAccessLog { store, keys } => {
+            let Some(path) = access_log_path(&store) else {
+                anyhow::bail!("only the embedded store has an access log");
+            };
+            let held = crate::access_log::Held::take(&path)?;
+            let (store, master) = open_with_master(&store, &keys).await?;
+            begin_access_chain(store.as_ref(), &master, held).await?;
         }
         AuditCommand::Tail {
             since,
@@ -1160,10 +1207,9 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     // The data dir's access log belongs to the store being replaced: it is
     // moved aside once the restore is in (refusing up front while a server
     // holds it), and the restored store starts a new one.
-    let access_log = data_dir.map(|d| d.join(crate::access_log::FILE_NAME));
-    if let Some(p) = &access_log {
-        crate::access_log::ensure_not_held(p)?;
-    }
+    let held = data_dir
+        .map(|d| crate::access_log::Held::take(&d.join(crate::access_log::FILE_NAME)))
+        .transpose()?;
     let target = bootstrap::open_store(&loc, &args.store.db.settings())
         .await
         .with_context(|| format!("opening the target {loc}"))?;
@@ -1180,30 +1226,12 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         header.counts,
         header.dump_sha256
     );
-    let mut old_access_log = None;
-    if let Some(p) = &access_log {
-        old_access_log = crate::access_log::set_aside(p)?;
-        target.set_audit_key(Arc::new(
-            bootstrap::load_audit_key(target.as_ref(), &master).await?,
-        ));
-        target
-            .append_audit(vec![crate::access_log::anchor_record(
-                0,
-                &crate::audit::GENESIS,
-                crate::store::now_ms(),
-            )])
-            .await
-            .context("starting a new access log chain")?;
-    }
     println!(
         "restored {counts} into {loc} (backup of a {} store taken {} by secretd {})\nverified: counts match, sha256 {sum}",
         header.source, header.created_at, header.secretd_version
     );
-    if let Some(p) = old_access_log {
-        println!(
-            "the data dir's previous access log was moved to {}",
-            p.display()
-        );
+    if let Some(held) = held {
+        begin_access_chain(target.as_ref(), &master, held).await?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -324,8 +324,10 @@ impl Service {
         let Some((log, _)) = &self.access else {
             return Ok(());
         };
-        let (seq, hash) = log
-            .head()
+        let log = Arc::clone(log);
+        let (seq, hash) = tokio::task::spawn_blocking(move || log.synced_head())
+            .await
+            .map_err(|e| Error::Internal(format!("access log sync task: {e}")))?
             .map_err(|e| Error::Internal(format!("access log: {e}")))?;
         let last = &self.anchored;
         if last.load(std::sync::atomic::Ordering::Acquire) == seq {

@@ -1497,12 +1497,35 @@ async fn the_store_chain_anchors_the_access_log() {
     std::fs::remove_file(&log).expect("remove");
     let (ok, _, err) = audit_verify(&data);
     assert!(!ok && err.contains("is missing"), "{err}");
-    // a start on the deleted log begins a new chain, and says so
+    // a start on the deleted log does not hide it
     drop(Proc::start(&data, &env));
+    let (ok, _, err) = audit_verify(&data);
+    assert!(!ok && err.contains("anchored record 3"), "{err}");
+    // a rotation (server stopped) begins a new chain on purpose, and says so
+    let (ok, out, err) = cli_in(&data, &["audit", "rotate-access-log"]);
+    assert!(ok && out.contains("access log moved to"), "{out}{err}");
     let (ok, out, err) = audit_verify(&data);
     assert!(ok, "{out}{err}");
     assert!(
         out.contains("a new chain began") && out.contains("at least 3 records"),
         "{out}"
+    );
+    let p = Proc::start(&data, &env);
+    assert_eq!(
+        p.client(KEY).get("tfy-secret/anchor/a", None).await.status,
+        200
+    );
+    // rotating under a running server is refused
+    let (ok, _, err) = cli_in(&data, &["audit", "rotate-access-log"]);
+    assert!(
+        !ok && err.contains("held by another secretd process"),
+        "{err}"
+    );
+    drop(p);
+    drop(Proc::start(&data, &env));
+    let (ok, out, err) = audit_verify(&data);
+    assert!(
+        ok && out.contains("access log intact: 1 records"),
+        "{out}{err}"
     );
 }
