@@ -282,15 +282,17 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     json_response_sized(status, body, 128)
 }
 
-/// [`json_response`] into a buffer of `capacity` bytes: sized for the body
-/// it is written once, not regrown (a regrown buffer costs a copy and, for a
-/// secret value, leaves a copy behind in freed memory; a value with many
-/// escaped characters may still outgrow the estimate).
+/// [`json_response`] into a buffer of `capacity` bytes, sized for the body
+/// so it is written once, not regrown (a value with many escaped characters
+/// may still outgrow the estimate). Response bodies can hold a secret value
+/// or a new token in clear, so the buffer is a [`WipedBuf`]: wiped when
+/// hyper is done with it, and on every regrowth.
 pub fn json_response_sized(status: StatusCode, body: &impl Serialize, capacity: usize) -> Response {
-    let mut bytes = Vec::with_capacity(capacity);
-    match serde_json::to_writer(&mut bytes, body) {
+    let mut buf = WipedBuf::with_capacity(capacity);
+    match serde_json::to_writer(&mut buf, body) {
         Ok(()) => {
-            let mut r = (status, bytes).into_response();
+            let body = axum::body::Body::from(axum::body::Bytes::from_owner(buf));
+            let mut r = (status, body).into_response();
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -309,5 +311,78 @@ pub fn json_response_sized(status: StatusCode, body: &impl Serialize, capacity: 
             );
             r
         }
+    }
+}
+
+/// A write buffer that never leaves its contents behind in freed memory:
+/// it zeroes the old allocation when it grows and its whole capacity when
+/// dropped (as the owner of a response's `Bytes`, once the body is sent).
+#[derive(Debug, Default)]
+pub struct WipedBuf(Vec<u8>);
+
+impl WipedBuf {
+    pub fn with_capacity(capacity: usize) -> Self {
+        WipedBuf(Vec::with_capacity(capacity))
+    }
+
+    fn wipe(&mut self) {
+        use zeroize::Zeroize as _;
+        // Zeroes the full capacity, then empties the buffer.
+        self.0.zeroize();
+    }
+}
+
+impl std::io::Write for WipedBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let needed = self.0.len() + data.len();
+        if needed > self.0.capacity() {
+            let mut grown = Vec::with_capacity(needed.max(self.0.capacity() * 2));
+            grown.extend_from_slice(&self.0);
+            self.wipe();
+            self.0 = grown;
+        }
+        self.0.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRef<[u8]> for WipedBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for WipedBuf {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn wiped_buf_keeps_what_is_written_across_regrowth_and_empties_when_wiped() {
+        let mut b = WipedBuf::with_capacity(4);
+        let mut want = Vec::new();
+        for i in 0..100u8 {
+            let chunk = [i; 7];
+            b.write_all(&chunk).unwrap();
+            want.extend_from_slice(&chunk);
+        }
+        assert_eq!(b.as_ref(), want.as_slice());
+        assert!(b.0.capacity() >= 700);
+        b.wipe();
+        assert!(b.as_ref().is_empty());
+        // a response body built on it carries exactly the JSON
+        let r = json_response_sized(StatusCode::OK, &serde_json::json!({"value": "v\"1"}), 1);
+        assert_eq!(r.status(), StatusCode::OK);
     }
 }
