@@ -106,14 +106,10 @@ struct Line<'a> {
     seq: i64,
     #[serde(flatten)]
     record: &'a AuditRecord,
-    #[serde(serialize_with = "hex")]
-    prev_hash: &'a [u8; 32],
-    #[serde(serialize_with = "hex")]
-    hash: &'a [u8; 32],
-}
-
-fn hex<S: serde::Serializer>(b: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&audit::to_hex(b))
+    #[serde(serialize_with = "audit::hex")]
+    prev_hash: &'a [u8],
+    #[serde(serialize_with = "audit::hex")]
+    hash: &'a [u8],
 }
 
 impl AccessLog {
@@ -133,13 +129,7 @@ impl AccessLog {
             .mode(0o600)
             .open(path)
             .map_err(io)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(AccessLogError::Locked { path: shown });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-        }
+        lock(&file, &shown)?;
         let (seq, head, len) = recover(&file, &shown, &key)?;
         let log = Arc::new(AccessLog {
             path: path.to_owned(),
@@ -168,12 +158,15 @@ impl AccessLog {
         Ok(log)
     }
 
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, State>, AccessLogError> {
+        self.state
+            .lock()
+            .map_err(|_| AccessLogError::Broken("lock poisoned".into()))
+    }
+
     /// The head: the last record's `seq` and hash (`(0, GENESIS)` if empty).
     pub fn head(&self) -> Result<(i64, [u8; 32]), AccessLogError> {
-        let st = self
-            .state
-            .lock()
-            .map_err(|_| AccessLogError::Broken("lock poisoned".into()))?;
+        let st = self.state()?;
         Ok((st.seq, st.head))
     }
 
@@ -192,10 +185,7 @@ impl AccessLog {
     /// Chains `records` after the head and writes them. `Ok` means they are
     /// in the file (the OS's page cache); an error means none of them is.
     pub fn append(&self, records: &[AuditRecord]) -> Result<(), AccessLogError> {
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| AccessLogError::Broken("lock poisoned".into()))?;
+        let mut st = self.state()?;
         if let Some(why) = &st.broken {
             return Err(AccessLogError::Broken(why.clone()));
         }
@@ -294,6 +284,21 @@ impl Drop for AccessLog {
         {
             tracing::error!(error = %e, "access log: final sync failed");
         }
+    }
+}
+
+/// Takes the exclusive lock that marks the log's one writer (or a command
+/// replacing it); refuses if another process holds it.
+fn lock(file: &File, shown: &str) -> Result<(), AccessLogError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AccessLogError::Locked {
+            path: shown.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(AccessLogError::Io {
+            path: shown.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -450,17 +455,11 @@ impl Held {
                 });
             }
         };
-        match file.try_lock() {
-            Ok(()) => Ok(Held {
-                path: path.to_owned(),
-                file: Some(file),
-            }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(AccessLogError::Locked { path: shown }),
-            Err(std::fs::TryLockError::Error(source)) => Err(AccessLogError::Io {
-                path: shown,
-                source,
-            }),
-        }
+        lock(&file, &shown)?;
+        Ok(Held {
+            path: path.to_owned(),
+            file: Some(file),
+        })
     }
 
     /// Renames the log to `<path>.<unix ms>` (still locked while it moves);

@@ -79,7 +79,7 @@ pub struct ChainedRecord {
     pub hash: Vec<u8>,
 }
 
-fn hex<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn hex<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&to_hex(b))
 }
 

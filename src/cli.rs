@@ -576,6 +576,101 @@ async fn begin_access_chain(
     Ok(())
 }
 
+/// Walks the access log at `path` and checks it against the marks the
+/// store's chain holds (anchors since the last new chain); prints what it
+/// finds. `Ok(false)` if it does not verify.
+fn verify_access_log(
+    path: &std::path::Path,
+    key: &AuditKey,
+    marks: &[(i64, crate::access_log::Mark)],
+) -> anyhow::Result<bool> {
+    use crate::access_log::Mark;
+    // The anchors of the current access chain: those after the last
+    // new-chain mark (a restore, a rotation).
+    let begun = marks.iter().rposition(|(_, m)| *m == Mark::NewChain);
+    if let Some(i) = begun {
+        let before = marks[..i]
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Mark::Anchor(seq, _) => Some(*seq),
+                Mark::NewChain => None,
+            })
+            .max()
+            .unwrap_or(0);
+        println!(
+            "access log: a new chain began {} (rotated or restored; the chain before it \
+             held at least {before} records)",
+            show_time(Some(marks[i].0))
+        );
+    }
+    let mut anchored: std::collections::BTreeMap<i64, Vec<&[u8]>> = Default::default();
+    for (_, m) in &marks[begun.map_or(0, |i| i + 1)..] {
+        if let Mark::Anchor(seq, hash) = m
+            && *seq > 0
+        {
+            anchored.entry(*seq).or_default().push(hash);
+        }
+    }
+    let Some(entries) =
+        crate::access_log::read(path).with_context(|| format!("reading {}", path.display()))?
+    else {
+        if let Some(seq) = anchored.keys().next_back() {
+            eprintln!(
+                "access log {} is missing: the store's chain anchored its record {seq}",
+                path.display()
+            );
+            return Ok(false);
+        }
+        return Ok(true);
+    };
+    let mut v = Verifier::of(Chain::Access, key);
+    for e in entries {
+        match e {
+            AccessEntry::Record(r) => {
+                if let Err(b) = v.feed(&r) {
+                    eprintln!("access log: {b}");
+                    return Ok(false);
+                }
+                if anchored
+                    .get(&r.seq)
+                    .is_some_and(|hs| hs.iter().any(|h| *h != r.hash.as_slice()))
+                {
+                    eprintln!(
+                        "access log: record {} is not the one the store's chain anchored \
+                         (the log was replaced, or deleted and started over)",
+                        r.seq
+                    );
+                    return Ok(false);
+                }
+            }
+            AccessEntry::Unreadable(line, why) => {
+                eprintln!(
+                    "access log: chain broken at record {}: line {line} is not a record ({why})",
+                    v.count() + 1
+                );
+                return Ok(false);
+            }
+            AccessEntry::Torn => eprintln!(
+                "access log: ends in a torn line (a write interrupted by a crash; \
+                 its request failed); the next start cuts it off"
+            ),
+        }
+    }
+    if let Some(seq) = anchored.keys().next_back().filter(|&&s| s > v.count()) {
+        eprintln!(
+            "access log truncated: it ends at record {}, the store's chain anchored record {seq}",
+            v.count()
+        );
+        return Ok(false);
+    }
+    println!(
+        "access log intact: {} records, head {}",
+        v.count(),
+        to_hex(v.head_hash())
+    );
+    Ok(true)
+}
+
 /// The access log of the embedded store at `store`, if it is one.
 fn access_log_path(store: &StoreArgs) -> Option<std::path::PathBuf> {
     match store.location() {
@@ -642,94 +737,10 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 v.count(),
                 to_hex(v.head_hash())
             );
-            let Some(path) = access_log_path(&store) else {
-                return Ok(ExitCode::SUCCESS);
-            };
-            // The anchors of the current access chain: those after the last
-            // new-chain mark (a restore, a rotation).
-            use crate::access_log::Mark;
-            let begun = marks.iter().rposition(|(_, m)| *m == Mark::NewChain);
-            if let Some(i) = begun {
-                let before = marks[..i]
-                    .iter()
-                    .filter_map(|(_, m)| match m {
-                        Mark::Anchor(seq, _) => Some(*seq),
-                        Mark::NewChain => None,
-                    })
-                    .max()
-                    .unwrap_or(0);
-                println!(
-                    "access log: a new chain began {} (rotated or restored; the chain before it \
-                     held at least {before} records)",
-                    show_time(Some(marks[i].0))
-                );
-            }
-            let mut anchored: std::collections::BTreeMap<i64, Vec<&[u8]>> = Default::default();
-            for (_, m) in &marks[begun.map_or(0, |i| i + 1)..] {
-                if let Mark::Anchor(seq, hash) = m
-                    && *seq > 0
-                {
-                    anchored.entry(*seq).or_default().push(hash);
-                }
-            }
-            let Some(entries) = crate::access_log::read(&path)
-                .with_context(|| format!("reading {}", path.display()))?
-            else {
-                if let Some(seq) = anchored.keys().next_back() {
-                    eprintln!(
-                        "access log {} is missing: the store's chain anchored its record {seq}",
-                        path.display()
-                    );
-                    return Ok(ExitCode::FAILURE);
-                }
-                return Ok(ExitCode::SUCCESS);
-            };
+            if let Some(path) = access_log_path(&store)
+                && !verify_access_log(&path, &key, &marks)?
             {
-                let mut v = Verifier::of(Chain::Access, &key);
-                for e in entries {
-                    match e {
-                        AccessEntry::Record(r) => {
-                            if let Err(b) = v.feed(&r) {
-                                eprintln!("access log: {b}");
-                                return Ok(ExitCode::FAILURE);
-                            }
-                            if anchored
-                                .get(&r.seq)
-                                .is_some_and(|hs| hs.iter().any(|h| *h != r.hash.as_slice()))
-                            {
-                                eprintln!(
-                                    "access log: record {} is not the one the store's chain anchored \
-                                     (the log was replaced, or deleted and started over)",
-                                    r.seq
-                                );
-                                return Ok(ExitCode::FAILURE);
-                            }
-                        }
-                        AccessEntry::Unreadable(line, why) => {
-                            eprintln!(
-                                "access log: chain broken at record {}: line {line} is not a record ({why})",
-                                v.count() + 1
-                            );
-                            return Ok(ExitCode::FAILURE);
-                        }
-                        AccessEntry::Torn => eprintln!(
-                            "access log: ends in a torn line (a write interrupted by a crash; \
-                             its request failed); the next start cuts it off"
-                        ),
-                    }
-                }
-                if let Some(seq) = anchored.keys().next_back().filter(|&&s| s > v.count()) {
-                    eprintln!(
-                        "access log truncated: it ends at record {}, the store's chain anchored record {seq}",
-                        v.count()
-                    );
-                    return Ok(ExitCode::FAILURE);
-                }
-                println!(
-                    "access log intact: {} records, head {}",
-                    v.count(),
-                    to_hex(v.head_hash())
-                );
+                return Ok(ExitCode::FAILURE);
             }
         }
         AuditCommand::RotateAccessLog { store, keys } => {
@@ -798,14 +809,12 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     (None, Some(_)) => true,
                     (None, None) => break,
                 };
-                let (chain, r) = match if from_access {
+                let next = if from_access {
                     access.next().map(|r| (Chain::Access, *r))
                 } else {
                     page.pop_front().map(|r| (Chain::Store, r))
-                } {
-                    Some(x) => x,
-                    None => break,
                 };
+                let Some((chain, r)) = next else { break };
                 if r.record.time_ms < since_ms {
                     continue;
                 }

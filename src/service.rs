@@ -324,15 +324,19 @@ impl Service {
         let Some((log, _)) = &self.access else {
             return Ok(());
         };
+        let failed =
+            |e: crate::access_log::AccessLogError| Error::Internal(format!("access log: {e}"));
+        let last = &self.anchored;
+        // Nothing new since the last anchor: no sync, no record.
+        let (seq, _) = log.head().map_err(failed)?;
+        if last.load(std::sync::atomic::Ordering::Acquire) == seq {
+            return Ok(());
+        }
         let log = Arc::clone(log);
         let (seq, hash) = tokio::task::spawn_blocking(move || log.synced_head())
             .await
             .map_err(|e| Error::Internal(format!("access log sync task: {e}")))?
-            .map_err(|e| Error::Internal(format!("access log: {e}")))?;
-        let last = &self.anchored;
-        if last.load(std::sync::atomic::Ordering::Acquire) == seq {
-            return Ok(());
-        }
+            .map_err(failed)?;
         self.store
             .append_audit(vec![crate::access_log::anchor_record(seq, &hash, now_ms())])
             .await?;

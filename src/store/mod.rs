@@ -336,9 +336,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<VersionMeta>, StoreError>>;
 
     /// Appends records to the audit chain. Committed before returning, but
-    /// without its own fsync: these are the records of reads and refusals,
-    /// and the next durable commit syncs them. Called once per request:
-    /// backends fold concurrent calls into shared transactions.
+    /// without its own fsync: these are records of reads and refusals (on
+    /// PostgreSQL; the embedded store's go to the access log) and the access
+    /// log's anchors, and the next durable commit syncs them. Called once per
+    /// request: backends fold concurrent calls into shared transactions.
     fn append_audit(&self, records: Vec<AuditRecord>) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Chained records with `seq > after`, in order, at most `limit`.
