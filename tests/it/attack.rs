@@ -390,11 +390,20 @@ async fn greedy_and_slow_clients_are_bounded() {
     let c: Client = p.client(KEY);
     c.put_ok("tfy-secret/res/a", "warm").await;
     let _ = c.get("tfy-secret/res/a", None).await;
-    // One refused body first, so the allocator's pools for a body-limit
+    // Refused bodies first, so the allocator's pools for a body-limit
     // buffer (which a legitimate 1 MiB body needs too) are already there:
-    // what is measured is what refused bodies leave behind.
+    // what is measured is what refused bodies leave behind. Sent at once,
+    // several at a time, so every worker thread (each has its own
+    // allocator heap) has served one, whichever worker the measured ones
+    // land on.
     for _ in 0..3 {
-        let _ = crate::contract::endless_chunked_put(p.addr);
+        let addr = p.addr;
+        let warm: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || crate::contract::endless_chunked_put(addr)))
+            .collect();
+        for t in warm {
+            let _ = t.join();
+        }
     }
     let before = rss_kib(pid, "VmRSS:");
     let mut violations = Vec::new();
