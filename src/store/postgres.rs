@@ -14,6 +14,12 @@
 //!   once per PUT. Rows are locked in path order, so replicas' batches do
 //!   not deadlock. A batch that fails before COMMIT runs its PUTs one by
 //!   one; one whose COMMIT got no answer fails them all (never re-applied).
+//! * Point reads are batched the same way: a task folds the GETs queued
+//!   while earlier batches ran into one `SELECT` over `UNNEST` of their
+//!   paths, with a few batches in flight at once. PostgreSQL's cost per
+//!   statement (a backend woken, a plan run, a round trip) is paid once per
+//!   batch, not once per GET. A GET that arrives after a write was
+//!   acknowledged is in a batch sent after it, so it sees the write.
 //! * Every session runs with `synchronous_commit = on` (a 2xx means the
 //!   commit reached the WAL on disk) and a `statement_timeout`; every
 //!   operation also has a client-side deadline, so a dead network answers
@@ -86,6 +92,8 @@ pub struct PgStore {
     puts: tokio::sync::mpsc::UnboundedSender<PutJob>,
     /// Audit records of reads and refusals for [`Db::run_audits`].
     audits: tokio::sync::mpsc::UnboundedSender<AuditJob>,
+    /// Point reads for [`Db::run_reads`].
+    reads: tokio::sync::mpsc::UnboundedSender<ReadJob>,
 }
 
 /// The pool and what every operation needs; shared with the group-commit
@@ -115,6 +123,20 @@ type AuditJob = (
     Vec<AuditRecord>,
     tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 );
+
+/// One GET waiting for [`Db::run_reads`].
+struct ReadJob {
+    path: SecretPath,
+    version: Option<Version>,
+    reply: tokio::sync::oneshot::Sender<Result<Option<StoredVersion>, StoreError>>,
+}
+
+/// Most GETs folded into one `SELECT`.
+const MAX_READ_BATCH: usize = 256;
+
+/// Read batches in flight at once. More hardly helps: a batch is one
+/// backend's work, and while they all run the next batch fills up.
+const READ_BATCHES: usize = 2;
 
 /// Most audit records appended in one transaction.
 const MAX_AUDIT_BATCH: usize = 1024;
@@ -335,7 +357,7 @@ impl PgStore {
             .map_err(|e| StoreError::Backend(format!("invalid database URL: {e}")))?;
         let mut options = cfg.get_options().unwrap_or("").to_owned();
         options.push_str(&format!(
-            " -c synchronous_commit=on -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            " -c synchronous_commit=on -c plan_cache_mode=force_generic_plan -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
             settings.statement_timeout.as_millis(),
             (settings.statement_timeout * 2).as_millis()
         ));
@@ -374,7 +396,14 @@ impl PgStore {
         tokio::spawn(Arc::clone(&db).run_puts(rx));
         let (audits, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(Arc::clone(&db).run_audits(rx));
-        Ok(PgStore { db, puts, audits })
+        let (reads, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(Arc::clone(&db).run_reads(rx));
+        Ok(PgStore {
+            db,
+            puts,
+            audits,
+            reads,
+        })
     }
 }
 
@@ -458,6 +487,99 @@ impl Db {
 }
 
 impl Db {
+    /// Folds the GETs queued while earlier batches ran into one query each,
+    /// with at most [`READ_BATCHES`] queries in flight.
+    async fn run_reads(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<ReadJob>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(READ_BATCHES));
+        loop {
+            // A free slot first: while none is, GETs queue up for the next
+            // batch.
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_READ_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            // A caller that gave up (its deadline passed) is not read for.
+            jobs.retain(|j| !j.reply.is_closed());
+            let db = Arc::clone(&self);
+            tokio::spawn(async move {
+                let _slot = slot;
+                let result = db.deadline(db.read_batch(&jobs)).await;
+                match result {
+                    Ok(mut found) => {
+                        for (job, row) in jobs.into_iter().zip(found.drain(..)) {
+                            let _ = job.reply.send(row);
+                        }
+                    }
+                    Err(e) => {
+                        for job in jobs {
+                            let _ = job.reply.send(Err(same_error(&e)));
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Reads the newest live version, or the one asked for, of every job's
+    /// path in one statement. The answer has one entry per job, in order.
+    async fn read_batch(
+        &self,
+        jobs: &[ReadJob],
+    ) -> Result<Vec<Result<Option<StoredVersion>, StoreError>>, StoreError> {
+        let client = self.pool.get().await.map_err(map_pool)?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT q.i, v.version, v.envelope, v.created_at
+                 FROM UNNEST($1::TEXT[], $2::BIGINT[]) WITH ORDINALITY AS q(path, version, i)
+                 CROSS JOIN LATERAL (
+                     SELECT v.version, v.envelope, v.created_at
+                     FROM secrets s JOIN versions v ON v.secret_id = s.id
+                     WHERE s.path = q.path AND v.envelope IS NOT NULL
+                       AND (q.version IS NULL OR v.version = q.version)
+                     ORDER BY v.version DESC LIMIT 1
+                 ) v",
+            )
+            .await
+            .map_err(map_pg)?;
+        let paths: Vec<&str> = jobs.iter().map(|j| j.path.as_str()).collect();
+        let versions: Vec<Option<i64>> = jobs
+            .iter()
+            .map(|j| j.version.map(Version::as_i64))
+            .collect();
+        let rows = client
+            .query(&stmt, &[&paths, &versions])
+            .await
+            .map_err(map_pg)?;
+        let mut found: Vec<Result<Option<StoredVersion>, StoreError>> =
+            jobs.iter().map(|_| Ok(None)).collect();
+        for r in rows {
+            let i: i64 = r.get(0);
+            let Some((slot, job)) = usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| found.get_mut(i).zip(jobs.get(i)))
+            else {
+                return Err(unexpected());
+            };
+            *slot = db_version(&job.path, r.get(1)).map(|version| {
+                Some(StoredVersion {
+                    version,
+                    envelope: r.get::<_, &[u8]>(2).into(),
+                    created_at_ms: r.get(3),
+                })
+            });
+        }
+        Ok(found)
+    }
+
     /// Folds the audit records queued while the previous append ran into
     /// one transaction: one hold of the audit chain's lock for all of them.
     async fn run_audits(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<AuditJob>) {
@@ -613,7 +735,7 @@ impl Db {
                 Err(e) => out.push(Err(e)),
             }
         }
-        if let Err(e) = append_audit_tx(&tx, key, &records).await {
+        if let Err(e) = append_audit_tx(&tx, key, &records, Flush::WithTx).await {
             return Ok(Err(BatchError::before_commit(e)));
         }
         match tx.commit().await {
@@ -683,6 +805,15 @@ enum WriteOut {
     Token(Option<TokenRow>),
     Count(u64),
     Done,
+}
+
+/// The same failure for each of a batch's callers: 503 stays 503.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+        StoreError::Corrupt(why) => StoreError::Corrupt(why.clone()),
+        other => StoreError::Backend(other.to_string()),
+    }
 }
 
 fn unexpected() -> StoreError {
@@ -766,26 +897,59 @@ async fn insert_audit(
     Ok(())
 }
 
+/// How an audit append's transaction commits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// With the transaction's own `synchronous_commit` (on: a write's
+    /// records are on disk with the write).
+    WithTx,
+    /// Without waiting for the WAL flush: records of reads and refusals,
+    /// committed before the response; the next durable commit (or the WAL
+    /// writer, within a fraction of a second) flushes them.
+    Lazily,
+}
+
 /// Chains `records` after the head of the log, under a lock that
 /// serialises appends across replicas, and inserts them.
+///
+/// The lock and the read of the head are pipelined (one round trip): the
+/// head is read by a statement of its own, which in READ COMMITTED takes its
+/// snapshot after the lock statement returned, so it sees every append
+/// committed before the lock was granted.
 async fn append_audit_tx(
     tx: &deadpool_postgres::Transaction<'_>,
     key: Option<&AuditKey>,
     records: &[AuditRecord],
+    flush: Flush,
 ) -> Result<(), TxError> {
     let key = key.ok_or_else(|| TxError::Fail(StoreError::Backend("audit key not set".into())))?;
     if records.is_empty() {
         return Ok(());
     }
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+    // Prepared first: a statement still being prepared would be sent after
+    // the ones behind it, and the pipeline's order is what makes it right.
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
         .await?;
     let head = tx
-        .query_opt(
-            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-            &[],
-        )
-        .await?
-        .map_or((0, audit::GENESIS.to_vec()), |r| (r.get(0), r.get(1)));
+        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .await?;
+    let lazily = async {
+        if flush == Flush::Lazily {
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await?;
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    let (lazily, locked, head) = futures_util::future::join3(
+        lazily,
+        tx.execute(&lock, &[&AUDIT_LOCK]),
+        tx.query_opt(&head, &[]),
+    )
+    .await;
+    lazily?;
+    locked?;
+    let head = head?.map_or((0, audit::GENESIS.to_vec()), |r| (r.get(0), r.get(1)));
     let chained = audit::chain(key, head, records.to_vec());
     if let [one] = chained.as_slice() {
         insert_audit(tx, one).await?;
@@ -986,7 +1150,7 @@ async fn apply(
             };
             match put_rows(tx, std::slice::from_ref(&put)).await?.pop() {
                 Some(Ok((version, record))) => {
-                    append_audit_tx(tx, key, &[record]).await?;
+                    append_audit_tx(tx, key, &[record], Flush::WithTx).await?;
                     Ok(WriteOut::Version(version))
                 }
                 Some(Err(e)) => Err(TxError::Fail(e)),
@@ -1015,7 +1179,7 @@ async fn apply(
                 .collect::<Result<Vec<_>, _>>()?;
             out.sort_unstable();
             if !out.is_empty() {
-                append_audit_tx(tx, key, std::slice::from_ref(&ctx.audit)).await?;
+                append_audit_tx(tx, key, std::slice::from_ref(&ctx.audit), Flush::WithTx).await?;
             }
             Ok(WriteOut::Versions(out))
         }
@@ -1040,16 +1204,13 @@ async fn apply(
         }
         WriteOp::AppendAudit(records) => {
             // Records of reads and refusals: committed before the response,
-            // without waiting for the WAL flush (the next durable commit
-            // flushes them).
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
-                .await?;
-            append_audit_tx(tx, key, records).await?;
+            // without waiting for the WAL flush.
+            append_audit_tx(tx, key, records, Flush::Lazily).await?;
             Ok(WriteOut::Done)
         }
         WriteOp::CreateToken { token, audit } => {
             insert_token(tx, token).await?;
-            append_audit_tx(tx, key, std::slice::from_ref(audit)).await?;
+            append_audit_tx(tx, key, std::slice::from_ref(audit), Flush::WithTx).await?;
             Ok(WriteOut::Done)
         }
         WriteOp::RevokeToken { id, audit } => {
@@ -1061,7 +1222,7 @@ async fn apply(
                 .await?
                 .map(|r| read_token(&r));
             if row.is_some() {
-                append_audit_tx(tx, key, std::slice::from_ref(audit)).await?;
+                append_audit_tx(tx, key, std::slice::from_ref(audit), Flush::WithTx).await?;
             }
             Ok(WriteOut::Token(row))
         }
@@ -1135,29 +1296,16 @@ impl Store for PgStore {
         version: Option<Version>,
     ) -> BoxFuture<'a, Result<Option<StoredVersion>, StoreError>> {
         Box::pin(self.db.deadline(async move {
-            let client = self.db.pool.get().await.map_err(map_pool)?;
-            let stmt = client
-                .prepare_cached(
-                    "SELECT v.version, v.envelope, v.created_at
-                     FROM secrets s JOIN versions v ON v.secret_id = s.id
-                     WHERE s.path = $1 AND v.envelope IS NOT NULL
-                       AND ($2::BIGINT IS NULL OR v.version = $2)
-                     ORDER BY v.version DESC LIMIT 1",
-                )
-                .await
-                .map_err(map_pg)?;
-            let row = client
-                .query_opt(&stmt, &[&path.as_str(), &version.map(Version::as_i64)])
-                .await
-                .map_err(map_pg)?;
-            row.map(|r| {
-                Ok(StoredVersion {
-                    version: db_version(path, r.get(0))?,
-                    envelope: r.get::<_, &[u8]>(1).into(),
-                    created_at_ms: r.get(2),
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            self.reads
+                .send(ReadJob {
+                    path: path.clone(),
+                    version,
+                    reply,
                 })
-            })
-            .transpose()
+                .map_err(|_| StoreError::Unavailable("reader stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Unavailable("reader stopped".into()))?
         }))
     }
 

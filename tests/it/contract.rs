@@ -16,6 +16,7 @@ crate::both_backends!(
     routes_and_methods,
     hundreds_of_concurrent_puts_to_one_path,
     concurrent_writes_to_many_paths,
+    concurrent_reads_each_get_their_own_answer,
 );
 
 async fn vendor_quick_test(b: Backend) {
@@ -401,4 +402,61 @@ async fn concurrent_writes_to_many_paths(b: Backend) {
         total += latest;
     }
     assert_eq!(total, 160);
+}
+
+/// Many GETs at once (on PostgreSQL they are folded into shared queries):
+/// each gets exactly the version it asked for, the newest live one, or 404.
+async fn concurrent_reads_each_get_their_own_answer(b: Backend) {
+    let s = TestServer::start_on(b).await;
+    let c = s.client.clone();
+    let path = |i: usize| format!("tfy-secret/reads/p{i:02}");
+    for i in 0..12 {
+        for v in 1..=3 {
+            assert_eq!(c.put_ok(&path(i), &format!("p{i}-v{v}")).await, v);
+        }
+    }
+    // Every third secret lost its newest version; every fourth, all of them.
+    for i in (0..12).step_by(3) {
+        let r = c.delete(&path(i), Some(json!(3))).await;
+        assert_eq!(r.status, 200, "{}", path(i));
+    }
+    for i in (0..12).step_by(4) {
+        assert_eq!(c.delete(&path(i), None).await.status, 200);
+    }
+    // (path index, version asked for, expected version or 404)
+    let expect = |i: usize, v: Option<u64>| -> Option<u64> {
+        if i.is_multiple_of(4) {
+            return None;
+        }
+        let newest = if i.is_multiple_of(3) { 2 } else { 3 };
+        match v {
+            None => Some(newest),
+            Some(v) if v <= newest => Some(v),
+            Some(_) => None,
+        }
+    };
+    let mut tasks = Vec::new();
+    for k in 0..240usize {
+        let c = c.clone();
+        // 14 paths: two were never written
+        let (i, v) = (k % 14, [None, Some(1), Some(2), Some(3)][k / 14 % 4]);
+        let p = path(i);
+        tasks.push(tokio::spawn(async move {
+            let r = c.get(&p, v.map(|v| v.to_string()).as_deref()).await;
+            (i, v, r)
+        }));
+    }
+    for t in tasks {
+        let (i, v, r) = t.await.expect("task");
+        match (i < 12).then(|| expect(i, v)).flatten() {
+            Some(want) => {
+                assert_eq!(r.status, 200, "p{i} {v:?}");
+                let body = r.json();
+                assert_eq!(body["version"], want, "p{i} {v:?}");
+                assert_eq!(body["value"], format!("p{i}-v{want}"), "p{i} {v:?}");
+                assert_eq!(body["path"], path(i), "p{i} {v:?}");
+            }
+            None => assert_eq!(r.status, 404, "p{i} {v:?}: {}", r.json()),
+        }
+    }
 }
