@@ -1,17 +1,17 @@
 //! The PostgreSQL store: many stateless replicas on one database.
 //!
 //! * Versions are allocated by `INSERT ... ON CONFLICT (path) DO UPDATE SET
-//!   last_version = last_version + 1 RETURNING` inside the write
-//!   transaction: the row lock serialises writers of one path across
+//!   last_version = last_version + n RETURNING` (n: the batch's PUTs to
+//!   that path) inside the write transaction: the row lock serialises writers of one path across
 //!   replicas, so versions are distinct and contiguous, and a rolled-back
 //!   write gives its number back.
 //! * Serialization failures and deadlocks (SQLSTATE 40001, 40P01) are
 //!   retried, re-sealing for the version the retry allocates.
 //! * PUTs are group-committed: a task folds the PUTs queued while the
-//!   previous batch ran into one transaction, each step pipelined for all of
-//!   them (existence checks, upserts, version rows), then one audit append
-//!   and one COMMIT, so the audit chain's lock is held once per batch, not
-//!   once per PUT. Rows are locked in path order, so replicas' batches do
+//!   previous batch ran into one transaction, each step one statement for
+//!   all of them (live-version check, upsert of the paths, version rows),
+//!   then one audit append and one COMMIT, so the audit chain's lock is
+//!   held once per batch, not once per PUT. Rows are locked in path order, so replicas' batches do
 //!   not deadlock. A batch that fails before COMMIT runs its PUTs one by
 //!   one; one whose COMMIT got no answer fails them all (never re-applied).
 //! * Point reads are batched the same way: a task folds the GETs queued
@@ -20,6 +20,9 @@
 //!   statement (a backend woken, a plan run, a round trip) is paid once per
 //!   batch, not once per GET. A GET that arrives after a write was
 //!   acknowledged is in a batch sent after it, so it sees the write.
+//! * Every PUT asks for the newest data-key generation (to seal under it):
+//!   the callers queued while one such query ran share the next one, which
+//!   was sent after they asked.
 //! * Every session runs with `synchronous_commit = on` (a 2xx means the
 //!   commit reached the WAL on disk) and a `statement_timeout`; every
 //!   operation also has a client-side deadline, so a dead network answers
@@ -94,6 +97,8 @@ pub struct PgStore {
     audits: tokio::sync::mpsc::UnboundedSender<AuditJob>,
     /// Point reads for [`Db::run_reads`].
     reads: tokio::sync::mpsc::UnboundedSender<ReadJob>,
+    /// Callers of `latest_generation` for [`Db::run_generations`].
+    generations: tokio::sync::mpsc::UnboundedSender<GenerationJob>,
 }
 
 /// The pool and what every operation needs; shared with the group-commit
@@ -130,6 +135,10 @@ struct ReadJob {
     version: Option<Version>,
     reply: tokio::sync::oneshot::Sender<Result<Option<StoredVersion>, StoreError>>,
 }
+
+/// One caller of `latest_generation` (every PUT asks, to seal under the
+/// newest data key) waiting for [`Db::run_generations`].
+type GenerationJob = tokio::sync::oneshot::Sender<Result<u32, StoreError>>;
 
 /// Most GETs folded into one `SELECT`.
 const MAX_READ_BATCH: usize = 256;
@@ -398,11 +407,14 @@ impl PgStore {
         tokio::spawn(Arc::clone(&db).run_audits(rx));
         let (reads, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(Arc::clone(&db).run_reads(rx));
+        let (generations, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(Arc::clone(&db).run_generations(rx));
         Ok(PgStore {
             db,
             puts,
             audits,
             reads,
+            generations,
         })
     }
 }
@@ -527,6 +539,41 @@ impl Db {
                 }
             });
         }
+    }
+
+    /// Answers every caller of `latest_generation` queued while the previous
+    /// query ran with one query sent after they asked: a data key added
+    /// before a PUT began is seen by it, as with a query of its own, at one
+    /// statement per round instead of one per PUT.
+    async fn run_generations(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<GenerationJob>,
+    ) {
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            jobs.extend(std::iter::from_fn(|| rx.try_recv().ok()));
+            jobs.retain(|j| !j.is_closed());
+            if jobs.is_empty() {
+                continue;
+            }
+            let result = self.deadline(self.latest_generation()).await;
+            for job in jobs {
+                let _ = job.send(match &result {
+                    Ok(g) => Ok(*g),
+                    Err(e) => Err(same_error(e)),
+                });
+            }
+        }
+    }
+
+    async fn latest_generation(&self) -> Result<u32, StoreError> {
+        let client = self.pool.get().await.map_err(map_pool)?;
+        let stmt = client
+            .prepare_cached("SELECT COALESCE(MAX(generation), 0) FROM data_keys")
+            .await
+            .map_err(map_pg)?;
+        let g: i64 = client.query_one(&stmt, &[]).await.map_err(map_pg)?.get(0);
+        u32::try_from(g).map_err(|_| StoreError::Corrupt(format!("data key generation {g}")))
     }
 
     /// Reads the newest live version, or the one asked for, of every job's
@@ -1027,105 +1074,106 @@ struct PutRow<'a> {
     ctx: &'a WriteCtx,
 }
 
-/// The rows of several PUTs in one transaction, each step pipelined (sent
-/// for every PUT before any answer is awaited), so a batch costs a few
-/// round trips whatever its size. Each PUT's version is allocated by its
-/// upsert (the server runs them in order, so PUTs of one path get
-/// consecutive versions), then sealed for it. Returns each PUT's version
-/// and audit record for the caller to append, or its own refusal (an
-/// editor's PUT to a path with no live version, which changed nothing).
+/// The rows of several PUTs in one transaction, each step one statement for
+/// all of them (over `UNNEST` of their values), so a batch costs a few
+/// round trips and a few statements however many PUTs it holds. `puts` is
+/// sorted by path: the upsert locks the paths' rows in that order, so two
+/// replicas' batches cannot deadlock. Several PUTs to one path get
+/// consecutive versions, in their order in `puts`.
 async fn put_rows(
     tx: &deadpool_postgres::Transaction<'_>,
     puts: &[PutRow<'_>],
 ) -> Result<Vec<Result<(Version, AuditRecord), StoreError>>, TxError> {
-    use futures_util::future::join_all;
-    let live = join_all(puts.iter().map(|p| async move {
-        if p.mode != PutMode::ExistingOnly {
-            return Ok(true);
+    // An editor's PUT needs a live version (checked before any upsert).
+    let checked: Vec<&str> = puts
+        .iter()
+        .filter(|p| p.mode == PutMode::ExistingOnly)
+        .map(|p| p.path.as_str())
+        .collect();
+    let live: std::collections::HashSet<String> = if checked.is_empty() {
+        std::collections::HashSet::new()
+    } else {
+        let stmt = tx
+            .prepare_cached(
+                "SELECT DISTINCT s.path FROM secrets s JOIN versions v ON v.secret_id = s.id
+                 WHERE s.path = ANY($1) AND v.envelope IS NOT NULL",
+            )
+            .await?;
+        tx.query(&stmt, &[&checked])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let allowed: Vec<bool> = puts
+        .iter()
+        .map(|p| p.mode != PutMode::ExistingOnly || live.contains(p.path.as_str()))
+        .collect();
+    // How many versions each path gets, in path order.
+    let mut counts: Vec<(&str, i64)> = Vec::new();
+    for (p, _) in puts.iter().zip(&allowed).filter(|(_, ok)| **ok) {
+        match counts.last_mut() {
+            Some((path, n)) if *path == p.path.as_str() => *n += 1,
+            _ => counts.push((p.path.as_str(), 1)),
         }
-        tx.query_opt(
-            "SELECT 1 FROM secrets s JOIN versions v ON v.secret_id = s.id
-             WHERE s.path = $1 AND v.envelope IS NOT NULL LIMIT 1",
-            &[&p.path.as_str()],
-        )
-        .await
-        .map(|r| r.is_some())
-    }))
-    .await;
-    let mut allowed = Vec::with_capacity(puts.len());
-    for l in live {
-        allowed.push(l?);
     }
     let now = now_ms();
-    let upsert = tx
-        .prepare_cached(
-            "INSERT INTO secrets (path, last_version, created_at, updated_at) VALUES ($1, 1, $2, $2)
-             ON CONFLICT (path) DO UPDATE SET last_version = secrets.last_version + 1, updated_at = $2
-             RETURNING id, last_version",
-        )
-        .await?;
-    let rows = join_all(
-        puts.iter()
-            .zip(&allowed)
-            .filter(|(_, ok)| **ok)
-            .map(|(p, _)| {
-                let upsert = &upsert;
-                async move { tx.query_one(upsert, &[&p.path.as_str(), &now]).await }
-            }),
-    )
-    .await;
-    let mut sealed = Vec::with_capacity(rows.len());
-    for (p, row) in puts
-        .iter()
-        .zip(&allowed)
-        .filter(|(_, ok)| **ok)
-        .map(|(p, _)| p)
-        .zip(rows)
-    {
-        let row = row?;
-        let (id, last): (i64, i64) = (row.get(0), row.get(1));
-        let version = db_version(p.path, last)?;
-        sealed.push((id, version, (p.seal)(version)?));
+    let mut last: std::collections::HashMap<String, (i64, i64)> =
+        std::collections::HashMap::with_capacity(counts.len());
+    if !counts.is_empty() {
+        let upsert = tx
+            .prepare_cached(
+                "INSERT INTO secrets (path, last_version, created_at, updated_at)
+                 SELECT p, n, $3::BIGINT, $3::BIGINT FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS t(p, n) ORDER BY p
+                 ON CONFLICT (path) DO UPDATE
+                 SET last_version = secrets.last_version + EXCLUDED.last_version, updated_at = EXCLUDED.updated_at
+                 RETURNING path, id, last_version",
+            )
+            .await?;
+        let paths: Vec<&str> = counts.iter().map(|(p, _)| *p).collect();
+        let ns: Vec<i64> = counts.iter().map(|(_, n)| *n).collect();
+        for row in tx.query(&upsert, &[&paths, &ns, &now]).await? {
+            last.insert(row.get(0), (row.get(1), row.get(2)));
+        }
     }
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO versions (secret_id, version, envelope, created_at, created_by) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .await?;
-    let inserted = join_all(
-        puts.iter()
-            .zip(&allowed)
-            .filter(|(_, ok)| **ok)
-            .zip(&sealed)
-            .map(|((p, _), (id, version, envelope))| {
-                let insert = &insert;
-                async move {
-                    tx.execute(
-                        insert,
-                        &[id, &version.as_i64(), envelope, &now, &p.ctx.actor],
-                    )
-                    .await
-                }
-            }),
-    )
-    .await;
-    for r in inserted {
-        r?;
-    }
-    let mut sealed = sealed.into_iter();
+    // Each allowed PUT's version: the k-th of a path's n PUTs gets
+    // last - n + 1 + k.
+    let mut taken: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    let mut rows = Vec::new();
     let mut out = Vec::with_capacity(puts.len());
-    for (p, ok) in puts.iter().zip(allowed) {
-        // Only allowed PUTs have a sealed row: take one for each of them.
+    for (p, ok) in puts.iter().zip(&allowed) {
         if !ok {
             out.push(Err(StoreError::NoLiveVersion));
             continue;
         }
-        let Some((_, version, _)) = sealed.next() else {
-            return Err(TxError::Fail(unexpected()));
-        };
+        let path = p.path.as_str();
+        let n = counts
+            .iter()
+            .find(|(q, _)| *q == path)
+            .map(|(_, n)| *n)
+            .ok_or_else(|| TxError::Fail(unexpected()))?;
+        let &(id, newest) = last.get(path).ok_or_else(|| TxError::Fail(unexpected()))?;
+        let k = taken.entry(path).or_insert(0);
+        let version = db_version(p.path, newest - n + 1 + *k)?;
+        *k += 1;
+        rows.push((id, version, (p.seal)(version)?, p.ctx.actor.as_str()));
         let mut record = p.ctx.audit.clone();
         record.version = Some(version.as_i64());
         out.push(Ok((version, record)));
+    }
+    if !rows.is_empty() {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO versions (secret_id, version, envelope, created_at, created_by)
+                 SELECT s, v, e, $4::BIGINT, c FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BYTEA[], $5::TEXT[]) AS t(s, v, e, c)",
+            )
+            .await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let versions: Vec<i64> = rows.iter().map(|r| r.1.as_i64()).collect();
+        let envelopes: Vec<&[u8]> = rows.iter().map(|r| r.2.as_slice()).collect();
+        let actors: Vec<&str> = rows.iter().map(|r| r.3).collect();
+        tx.execute(&insert, &[&ids, &versions, &envelopes, &now, &actors])
+            .await?;
     }
     Ok(out)
 }
@@ -1539,13 +1587,12 @@ impl Store for PgStore {
 
     fn latest_generation(&self) -> BoxFuture<'_, Result<u32, StoreError>> {
         Box::pin(self.db.deadline(async move {
-            let client = self.db.pool.get().await.map_err(map_pool)?;
-            let stmt = client
-                .prepare_cached("SELECT COALESCE(MAX(generation), 0) FROM data_keys")
-                .await
-                .map_err(map_pg)?;
-            let g: i64 = client.query_one(&stmt, &[]).await.map_err(map_pg)?.get(0);
-            u32::try_from(g).map_err(|_| StoreError::Corrupt(format!("data key generation {g}")))
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            self.generations
+                .send(reply)
+                .map_err(|_| StoreError::Unavailable("reader stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Unavailable("reader stopped".into()))?
         }))
     }
 
