@@ -521,10 +521,20 @@ impl Db {
             }
             // A caller that gave up (its deadline passed) is not read for.
             jobs.retain(|j| !j.reply.is_closed());
+            if jobs.is_empty() {
+                continue;
+            }
             let db = Arc::clone(&self);
             tokio::spawn(async move {
                 let _slot = slot;
-                let result = db.deadline(db.read_batch(&jobs)).await;
+                // One retry on a fresh connection: one broken connection
+                // would otherwise fail every GET of the batch.
+                let mut result = db.deadline(db.read_batch(&jobs)).await;
+                if matches!(result, Err(StoreError::Unavailable(_)))
+                    && jobs.iter().any(|j| !j.reply.is_closed())
+                {
+                    result = db.deadline(db.read_batch(&jobs)).await;
+                }
                 match result {
                     Ok(mut found) => {
                         for (job, row) in jobs.into_iter().zip(found.drain(..)) {
@@ -556,7 +566,12 @@ impl Db {
             if jobs.is_empty() {
                 continue;
             }
-            let result = self.deadline(self.latest_generation()).await;
+            let mut result = self.deadline(self.latest_generation()).await;
+            if matches!(result, Err(StoreError::Unavailable(_)))
+                && jobs.iter().any(|j| !j.is_closed())
+            {
+                result = self.deadline(self.latest_generation()).await;
+            }
             for job in jobs {
                 let _ = job.send(match &result {
                     Ok(g) => Ok(*g),
@@ -585,14 +600,21 @@ impl Db {
         let client = self.pool.get().await.map_err(map_pool)?;
         let stmt = client
             .prepare_cached(
+                // Two branches, each gated by a one-time filter on the
+                // job's version, so a version lookup is one index probe
+                // (`version IS NULL OR version = x` would walk back over
+                // every newer version of the secret).
                 "SELECT q.i, v.version, v.envelope, v.created_at
                  FROM UNNEST($1::TEXT[], $2::BIGINT[]) WITH ORDINALITY AS q(path, version, i)
+                 JOIN secrets s ON s.path = q.path
                  CROSS JOIN LATERAL (
-                     SELECT v.version, v.envelope, v.created_at
-                     FROM secrets s JOIN versions v ON v.secret_id = s.id
-                     WHERE s.path = q.path AND v.envelope IS NOT NULL
-                       AND (q.version IS NULL OR v.version = q.version)
-                     ORDER BY v.version DESC LIMIT 1
+                     (SELECT v.version, v.envelope, v.created_at FROM versions v
+                      WHERE q.version IS NOT NULL AND v.secret_id = s.id
+                        AND v.version = q.version AND v.envelope IS NOT NULL)
+                     UNION ALL
+                     (SELECT v.version, v.envelope, v.created_at FROM versions v
+                      WHERE q.version IS NULL AND v.secret_id = s.id AND v.envelope IS NOT NULL
+                      ORDER BY v.version DESC LIMIT 1)
                  ) v",
             )
             .await
@@ -1124,7 +1146,7 @@ async fn put_rows(
         let upsert = tx
             .prepare_cached(
                 "INSERT INTO secrets (path, last_version, created_at, updated_at)
-                 SELECT p, n, $3::BIGINT, $3::BIGINT FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS t(p, n) ORDER BY p
+                 SELECT p, n, $3::BIGINT, $3::BIGINT FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS t(p, n) ORDER BY p COLLATE \"C\"
                  ON CONFLICT (path) DO UPDATE
                  SET last_version = secrets.last_version + EXCLUDED.last_version, updated_at = EXCLUDED.updated_at
                  RETURNING path, id, last_version",
@@ -1206,21 +1228,33 @@ async fn apply(
             }
         }
         WriteOp::Delete { path, version, ctx } => {
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE versions SET envelope = NULL, deleted_at = $1
-                     WHERE secret_id = (SELECT id FROM secrets WHERE path = $2)
-                       AND ($3::BIGINT IS NULL OR version = $3)
-                       AND deleted_at IS NULL
-                     RETURNING version",
-                )
-                .await?;
-            let rows = tx
-                .query(
-                    &stmt,
-                    &[&now_ms(), &path.as_str(), &version.map(Version::as_i64)],
-                )
-                .await?;
+            // One statement per form: with generic plans, `$3 IS NULL OR
+            // version = $3` would scan every version to delete one.
+            let rows = match version {
+                Some(v) => {
+                    let stmt = tx
+                        .prepare_cached(
+                            "UPDATE versions SET envelope = NULL, deleted_at = $1
+                             WHERE secret_id = (SELECT id FROM secrets WHERE path = $2)
+                               AND version = $3 AND deleted_at IS NULL
+                             RETURNING version",
+                        )
+                        .await?;
+                    tx.query(&stmt, &[&now_ms(), &path.as_str(), &v.as_i64()])
+                        .await?
+                }
+                None => {
+                    let stmt = tx
+                        .prepare_cached(
+                            "UPDATE versions SET envelope = NULL, deleted_at = $1
+                             WHERE secret_id = (SELECT id FROM secrets WHERE path = $2)
+                               AND deleted_at IS NULL
+                             RETURNING version",
+                        )
+                        .await?;
+                    tx.query(&stmt, &[&now_ms(), &path.as_str()]).await?
+                }
+            };
             let mut out = rows
                 .iter()
                 .map(|r| db_version(path, r.get(0)))

@@ -505,18 +505,7 @@ impl Drop for BreakOnExit<'_> {
 }
 
 /// How long the checkpointer lets commits accumulate between checkpoints.
-/// A checkpoint writes each page once however many commits changed it
-/// meanwhile; under write load the same pages (the audit log's tail, the
-/// secrets rows, the version index) change in most commits, so a longer
-/// pause writes far fewer pages (20 ms -> 250 ms: 10% less CPU per PUT).
-/// The writer's own automatic checkpoint (at [`WRITER_AUTOCHECKPOINT`]
-/// pages) only bounds the WAL if the checkpointer falls behind.
-const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// WAL pages after which the writer checkpoints inside its own commit
-/// (SQLite's default is 1,000, which under write load fires before the
-/// checkpointer's pause is over): 32 MiB of WAL.
-const WRITER_AUTOCHECKPOINT: u32 = 8192;
+const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Copies committed WAL frames into the database on its own connection
 /// (PASSIVE: never blocks the writer), so commits do not pay for it. Holds
@@ -655,9 +644,7 @@ impl SqliteStore {
         restrict_files(db_path)?;
         // The writer's commits write the WAL without syncing it; the syncer
         // thread syncs it before any durable write is answered.
-        conn.execute_batch(&format!(
-            "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT};"
-        ))?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
         let checkpointer = open_connection(db_path)?;
         let shared = Arc::new(Shared {
             checkpoint: Mutex::new(()),
