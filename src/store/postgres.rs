@@ -512,13 +512,7 @@ impl Db {
             let Some(first) = rx.recv().await else {
                 return;
             };
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_READ_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
+            let mut jobs = queued(first, &mut rx, MAX_READ_BATCH);
             // A caller that gave up (its deadline passed) is not read for.
             jobs.retain(|j| !j.reply.is_closed());
             if jobs.is_empty() {
@@ -560,8 +554,7 @@ impl Db {
         mut rx: tokio::sync::mpsc::UnboundedReceiver<GenerationJob>,
     ) {
         while let Some(first) = rx.recv().await {
-            let mut jobs = vec![first];
-            jobs.extend(std::iter::from_fn(|| rx.try_recv().ok()));
+            let mut jobs = queued(first, &mut rx, usize::MAX);
             jobs.retain(|j| !j.is_closed());
             if jobs.is_empty() {
                 continue;
@@ -681,13 +674,7 @@ impl Db {
     /// the audit-chain lock for all of them).
     async fn run_puts(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<PutJob>) {
         while let Some(first) = rx.recv().await {
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_PUT_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
+            let mut jobs = queued(first, &mut rx, MAX_PUT_BATCH);
             // A caller that gave up (its deadline passed) is not written for.
             jobs.retain(|j| !j.reply.is_closed());
             // Its own task, so that a panic fails one batch (its callers see
@@ -874,6 +861,19 @@ enum WriteOut {
     Token(Option<TokenRow>),
     Count(u64),
     Done,
+}
+
+/// `first` and the jobs queued behind it, at most `max` in all: the next
+/// batch of a folding task.
+fn queued<T>(first: T, rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>, max: usize) -> Vec<T> {
+    let mut jobs = vec![first];
+    while jobs.len() < max {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    jobs
 }
 
 /// The same failure for each of a batch's callers: 503 stays 503.
