@@ -477,7 +477,7 @@ impl Db {
             let mut tries = 0;
             loop {
                 let mut client = self.pool.get().await.map_err(map_pool)?;
-                let tx = client.transaction().await.map_err(map_pg)?;
+                let tx = begin(&mut client).await.map_err(map_pg)?;
                 let outcome = match apply(&tx, &op, key.as_deref()).await {
                     Ok(v) => tx.commit().await.map(|()| v).map_err(TxError::from),
                     Err(e) => Err(e),
@@ -763,7 +763,7 @@ impl Db {
         key: Option<&AuditKey>,
     ) -> Result<Result<Vec<Result<Version, StoreError>>, BatchError>, StoreError> {
         let mut client = self.pool.get().await.map_err(map_pool)?;
-        let tx = match client.transaction().await {
+        let tx = match begin(&mut client).await {
             Ok(tx) => tx,
             Err(e) => return Ok(Err(BatchError::RolledBack(map_pg(e)))),
         };
@@ -861,6 +861,20 @@ enum WriteOut {
     Token(Option<TokenRow>),
     Count(u64),
     Done,
+}
+
+/// Starts a write transaction in READ COMMITTED whatever the database's
+/// default: appending to the audit chain reads the head by a statement
+/// after the lock, which sees the appends committed before it only if each
+/// statement takes its own snapshot.
+async fn begin(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await
 }
 
 /// `first` and the jobs queued behind it, at most `max` in all: the next

@@ -766,3 +766,54 @@ async fn key_rotation_and_rekey_on_postgres() {
     drop(client);
     db.drop_db().await;
 }
+
+/// The audit chain's head is read after its lock, by a statement that must
+/// see appends committed meanwhile: secretd's write transactions are READ
+/// COMMITTED even on a database whose default is REPEATABLE READ, where
+/// concurrent appends would otherwise reuse a sequence number.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_and_audited_reads_on_a_repeatable_read_database() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    {
+        let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let name: String = client
+            .query_one("SELECT current_database()", &[])
+            .await
+            .expect("name")
+            .get(0);
+        client
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
+            ))
+            .await
+            .expect("alter");
+    }
+    let s = TestServer::start_on(Backend::Postgres(db.url.clone())).await;
+    // PUT batches and read-audit batches append to the chain at once.
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let c = s.client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..6 {
+                let p = format!("tfy-secret/rr/w{w}");
+                let v = c.put_ok(&p, &format!("{w}-{i}")).await;
+                for _ in 0..4 {
+                    let r = c.get(&p, Some(&v.to_string())).await;
+                    assert_eq!(r.status, 200, "{}", r.json());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let (ok, out, err) = s.cli(&["audit", "verify"]);
+    assert!(ok, "{out}{err}");
+    drop(s);
+    db.drop_db().await;
+}
