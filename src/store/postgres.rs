@@ -521,15 +521,8 @@ impl Db {
             let db = Arc::clone(&self);
             tokio::spawn(async move {
                 let _slot = slot;
-                // One retry on a fresh connection: one broken connection
-                // would otherwise fail every GET of the batch.
-                let mut result = db.deadline(db.read_batch(&jobs)).await;
-                if matches!(result, Err(StoreError::Unavailable(_)))
-                    && jobs.iter().any(|j| !j.reply.is_closed())
-                {
-                    result = db.deadline(db.read_batch(&jobs)).await;
-                }
-                match result {
+                let waiting = || jobs.iter().any(|j| !j.reply.is_closed());
+                match db.shared_read(waiting, || db.read_batch(&jobs)).await {
                     Ok(mut found) => {
                         for (job, row) in jobs.into_iter().zip(found.drain(..)) {
                             let _ = job.reply.send(row);
@@ -559,12 +552,8 @@ impl Db {
             if jobs.is_empty() {
                 continue;
             }
-            let mut result = self.deadline(self.latest_generation()).await;
-            if matches!(result, Err(StoreError::Unavailable(_)))
-                && jobs.iter().any(|j| !j.is_closed())
-            {
-                result = self.deadline(self.latest_generation()).await;
-            }
+            let waiting = || jobs.iter().any(|j| !j.is_closed());
+            let result = self.shared_read(waiting, || self.latest_generation()).await;
             for job in jobs {
                 let _ = job.send(match &result {
                     Ok(g) => Ok(*g),
@@ -572,6 +561,22 @@ impl Db {
                 });
             }
         }
+    }
+
+    /// Runs a read whose answer many callers share, under the deadline, and
+    /// once more (on a fresh connection) if it found the database
+    /// unavailable while a caller still waits: one broken pooled connection
+    /// would otherwise fail all of them.
+    async fn shared_read<T, F: Future<Output = Result<T, StoreError>>>(
+        &self,
+        waiting: impl Fn() -> bool,
+        read: impl Fn() -> F,
+    ) -> Result<T, StoreError> {
+        let first = self.deadline(read()).await;
+        if matches!(first, Err(StoreError::Unavailable(_))) && waiting() {
+            return self.deadline(read()).await;
+        }
+        first
     }
 
     async fn latest_generation(&self) -> Result<u32, StoreError> {
@@ -593,32 +598,26 @@ impl Db {
         let client = self.pool.get().await.map_err(map_pool)?;
         let stmt = client
             .prepare_cached(
-                // Two branches, each gated by a one-time filter on the
-                // job's version, so a version lookup is one index probe
-                // (`version IS NULL OR version = x` would walk back over
-                // every newer version of the secret).
+                // Each job asks for the newest live version within
+                // [lo, hi] (one version, or all of them): a range the index
+                // bounds, where `version IS NULL OR version = x` would walk
+                // back over every newer version under a generic plan.
                 "SELECT q.i, v.version, v.envelope, v.created_at
-                 FROM UNNEST($1::TEXT[], $2::BIGINT[]) WITH ORDINALITY AS q(path, version, i)
+                 FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[]) WITH ORDINALITY AS q(path, lo, hi, i)
                  JOIN secrets s ON s.path = q.path
                  CROSS JOIN LATERAL (
-                     (SELECT v.version, v.envelope, v.created_at FROM versions v
-                      WHERE q.version IS NOT NULL AND v.secret_id = s.id
-                        AND v.version = q.version AND v.envelope IS NOT NULL)
-                     UNION ALL
-                     (SELECT v.version, v.envelope, v.created_at FROM versions v
-                      WHERE q.version IS NULL AND v.secret_id = s.id AND v.envelope IS NOT NULL
-                      ORDER BY v.version DESC LIMIT 1)
+                     SELECT v.version, v.envelope, v.created_at FROM versions v
+                     WHERE v.secret_id = s.id AND v.version BETWEEN q.lo AND q.hi
+                       AND v.envelope IS NOT NULL
+                     ORDER BY v.version DESC LIMIT 1
                  ) v",
             )
             .await
             .map_err(map_pg)?;
         let paths: Vec<&str> = jobs.iter().map(|j| j.path.as_str()).collect();
-        let versions: Vec<Option<i64>> = jobs
-            .iter()
-            .map(|j| j.version.map(Version::as_i64))
-            .collect();
+        let (lo, hi): (Vec<i64>, Vec<i64>) = jobs.iter().map(|j| version_range(j.version)).unzip();
         let rows = client
-            .query(&stmt, &[&paths, &versions])
+            .query(&stmt, &[&paths, &lo, &hi])
             .await
             .map_err(map_pg)?;
         let mut found: Vec<Result<Option<StoredVersion>, StoreError>> =
@@ -875,6 +874,13 @@ async fn begin(
         .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
         .start()
         .await
+}
+
+/// The versions a statement looks at: exactly `version`, or all of them. A
+/// range the `(secret_id, version)` index bounds in both cases, also under
+/// a generic plan (`$n IS NULL OR version = $n` is not).
+fn version_range(version: Option<Version>) -> (i64, i64) {
+    version.map_or((1, i64::MAX), |v| (v.as_i64(), v.as_i64()))
 }
 
 /// `first` and the jobs queued behind it, at most `max` in all: the next
@@ -1145,16 +1151,15 @@ async fn put_rows(
         .iter()
         .map(|p| p.mode != PutMode::ExistingOnly || live.contains(p.path.as_str()))
         .collect();
-    // How many versions each path gets, in path order.
-    let mut counts: Vec<(&str, i64)> = Vec::new();
+    // How many versions each path gets.
+    let mut counts: std::collections::BTreeMap<&str, i64> = Default::default();
     for (p, _) in puts.iter().zip(&allowed).filter(|(_, ok)| **ok) {
-        match counts.last_mut() {
-            Some((path, n)) if *path == p.path.as_str() => *n += 1,
-            _ => counts.push((p.path.as_str(), 1)),
-        }
+        *counts.entry(p.path.as_str()).or_default() += 1;
     }
     let now = now_ms();
-    let mut last: std::collections::HashMap<String, (i64, i64)> =
+    // Each path's row id and the version its next PUT gets: a path's n PUTs
+    // get last - n + 1 ... last, in their order in `puts`.
+    let mut next: std::collections::HashMap<String, (i64, i64)> =
         std::collections::HashMap::with_capacity(counts.len());
     if !counts.is_empty() {
         let upsert = tx
@@ -1166,15 +1171,14 @@ async fn put_rows(
                  RETURNING path, id, last_version",
             )
             .await?;
-        let paths: Vec<&str> = counts.iter().map(|(p, _)| *p).collect();
-        let ns: Vec<i64> = counts.iter().map(|(_, n)| *n).collect();
+        let (paths, ns): (Vec<&str>, Vec<i64>) = counts.iter().map(|(p, n)| (*p, *n)).unzip();
         for row in tx.query(&upsert, &[&paths, &ns, &now]).await? {
-            last.insert(row.get(0), (row.get(1), row.get(2)));
+            let path: String = row.get(0);
+            let (id, last): (i64, i64) = (row.get(1), row.get(2));
+            let n = counts.get(path.as_str()).copied().unwrap_or(0);
+            next.insert(path, (id, last - n + 1));
         }
     }
-    // Each allowed PUT's version: the k-th of a path's n PUTs gets
-    // last - n + 1 + k.
-    let mut taken: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     let mut rows = Vec::new();
     let mut out = Vec::with_capacity(puts.len());
     for (p, ok) in puts.iter().zip(&allowed) {
@@ -1182,16 +1186,12 @@ async fn put_rows(
             out.push(Err(StoreError::NoLiveVersion));
             continue;
         }
-        let path = p.path.as_str();
-        let n = counts
-            .iter()
-            .find(|(q, _)| *q == path)
-            .map(|(_, n)| *n)
+        let (id, v) = next
+            .get_mut(p.path.as_str())
             .ok_or_else(|| TxError::Fail(unexpected()))?;
-        let &(id, newest) = last.get(path).ok_or_else(|| TxError::Fail(unexpected()))?;
-        let k = taken.entry(path).or_insert(0);
-        let version = db_version(p.path, newest - n + 1 + *k)?;
-        *k += 1;
+        let version = db_version(p.path, *v)?;
+        *v += 1;
+        let id = *id;
         rows.push((id, version, (p.seal)(version)?, p.ctx.actor.as_str()));
         let mut record = p.ctx.audit.clone();
         record.version = Some(version.as_i64());
@@ -1242,33 +1242,18 @@ async fn apply(
             }
         }
         WriteOp::Delete { path, version, ctx } => {
-            // One statement per form: with generic plans, `$3 IS NULL OR
-            // version = $3` would scan every version to delete one.
-            let rows = match version {
-                Some(v) => {
-                    let stmt = tx
-                        .prepare_cached(
-                            "UPDATE versions SET envelope = NULL, deleted_at = $1
-                             WHERE secret_id = (SELECT id FROM secrets WHERE path = $2)
-                               AND version = $3 AND deleted_at IS NULL
-                             RETURNING version",
-                        )
-                        .await?;
-                    tx.query(&stmt, &[&now_ms(), &path.as_str(), &v.as_i64()])
-                        .await?
-                }
-                None => {
-                    let stmt = tx
-                        .prepare_cached(
-                            "UPDATE versions SET envelope = NULL, deleted_at = $1
-                             WHERE secret_id = (SELECT id FROM secrets WHERE path = $2)
-                               AND deleted_at IS NULL
-                             RETURNING version",
-                        )
-                        .await?;
-                    tx.query(&stmt, &[&now_ms(), &path.as_str()]).await?
-                }
-            };
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE versions SET envelope = NULL, deleted_at = $1
+                     WHERE secret_id = (SELECT id FROM secrets WHERE path = $2)
+                       AND version BETWEEN $3 AND $4 AND deleted_at IS NULL
+                     RETURNING version",
+                )
+                .await?;
+            let (lo, hi) = version_range(version);
+            let rows = tx
+                .query(&stmt, &[&now_ms(), &path.as_str(), &lo, &hi])
+                .await?;
             let mut out = rows
                 .iter()
                 .map(|r| db_version(path, r.get(0)))

@@ -248,6 +248,20 @@ impl TestDb {
         Backend::Postgres(self.url.clone())
     }
 
+    /// Sets a default for every later session on this database
+    /// (`ALTER DATABASE ... SET name = value`).
+    pub async fn set_default(&self, name: &str, value: &str) {
+        admin_client()
+            .await
+            .expect("connect")
+            .batch_execute(&format!(
+                "ALTER DATABASE {} SET {name} = '{value}'",
+                self.name
+            ))
+            .await
+            .expect("alter database");
+    }
+
     pub async fn drop_db(self) {
         if let Ok(c) = admin_client().await {
             let _ = c

@@ -1451,6 +1451,16 @@ async fn a_failed_access_log_sync_fails_later_reads() {
     c.put_ok("tfy-secret/als/a", "v2").await;
 }
 
+/// Three audited reads of the anchor test's secret.
+async fn read_three_times(p: &Proc) {
+    for _ in 0..3 {
+        assert_eq!(
+            p.client(KEY).get("tfy-secret/anchor/a", None).await.status,
+            200
+        );
+    }
+}
+
 /// The store's chain anchors the access log's head at every start, so an
 /// access log truncated or deleted behind the server's back does not
 /// verify; one that starts over (deleted while stopped, then a start) is
@@ -1462,12 +1472,7 @@ async fn the_store_chain_anchors_the_access_log() {
     let env = [("SECRETD_API_KEYS", KEY)];
     let p = Proc::start(&data, &env);
     p.client(KEY).put_ok("tfy-secret/anchor/a", "v").await;
-    for _ in 0..3 {
-        assert_eq!(
-            p.client(KEY).get("tfy-secret/anchor/a", None).await.status,
-            200
-        );
-    }
+    read_three_times(&p).await;
     drop(p);
     // the next start anchors record 3
     drop(Proc::start(&data, &env));
@@ -1491,12 +1496,7 @@ async fn the_store_chain_anchors_the_access_log() {
     // a start on the deleted log does not hide it: nor do new records in
     // the old records' places (killed before any new anchor)
     let p = Proc::start(&data, &env);
-    for _ in 0..3 {
-        assert_eq!(
-            p.client(KEY).get("tfy-secret/anchor/a", None).await.status,
-            200
-        );
-    }
+    read_three_times(&p).await;
     drop(p);
     let (ok, _, err) = audit_verify(&data);
     assert!(

@@ -776,23 +776,8 @@ async fn writes_and_audited_reads_on_a_repeatable_read_database() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    {
-        let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        let name: String = client
-            .query_one("SELECT current_database()", &[])
-            .await
-            .expect("name")
-            .get(0);
-        client
-            .batch_execute(&format!(
-                "ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
-            ))
-            .await
-            .expect("alter");
-    }
+    db.set_default("default_transaction_isolation", "repeatable read")
+        .await;
     let s = TestServer::start_on(Backend::Postgres(db.url.clone())).await;
     // PUT batches and read-audit batches append to the chain at once.
     let mut tasks = Vec::new();
