@@ -62,6 +62,23 @@ struct Args {
     /// Skip the PNG chart.
     #[arg(long)]
     no_chart: bool,
+    /// Run only these workloads at the main size (comma-separated:
+    /// get_latest, get_version, put, mix_90_10), e.g. while profiling.
+    #[arg(long, value_delimiter = ',', value_parser = parse_workload)]
+    workloads: Vec<Workload>,
+    /// Embedded store only: keep the main size's store in this directory and
+    /// reuse it on the next run instead of preloading again (a million
+    /// secrets take minutes to preload). Writes of earlier runs stay in it.
+    #[arg(long)]
+    keep_store: Option<PathBuf>,
+}
+
+fn parse_workload(s: &str) -> Result<Workload, String> {
+    ALL_WORKLOADS
+        .iter()
+        .copied()
+        .find(|w| w.name() == s)
+        .ok_or_else(|| format!("unknown workload {s:?}"))
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -115,6 +132,13 @@ enum Workload {
     Put,
     Mix,
 }
+
+const ALL_WORKLOADS: [Workload; 4] = [
+    Workload::GetLatest,
+    Workload::GetVersion,
+    Workload::Put,
+    Workload::Mix,
+];
 
 impl Workload {
     fn name(self) -> &'static str {
@@ -443,6 +467,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         "sqlite"
     };
+    anyhow::ensure!(
+        args.keep_store.is_none() || args.database_url.is_none(),
+        "--keep-store is for the embedded store"
+    );
     std::fs::create_dir_all(&args.out)?;
     let secretd = sibling("secretd")?;
     anyhow::ensure!(
@@ -482,14 +510,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut startup = Value::Null;
     for &n in &sizes {
         let dir = tempfile::tempdir()?;
-        let data = dir.path().join("data");
-        let t = Instant::now();
-        preload(&data, args.database_url.as_deref(), n, args.versions).await?;
-        eprintln!(
-            "preloaded {n} secrets x {} versions in {:.1}s",
-            args.versions,
-            t.elapsed().as_secs_f64()
-        );
+        let kept = args.keep_store.as_ref().filter(|_| n == args.secrets);
+        let data = kept.cloned().unwrap_or_else(|| dir.path().join("data"));
+        if kept.is_some() && data.join("secretd.db").exists() {
+            eprintln!("reusing the store in {}", data.display());
+        } else {
+            let t = Instant::now();
+            preload(&data, args.database_url.as_deref(), n, args.versions).await?;
+            eprintln!(
+                "preloaded {n} secrets x {} versions in {:.1}s",
+                args.versions,
+                t.elapsed().as_secs_f64()
+            );
+        }
         let mut cmd = Command::new(&secretd);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
@@ -505,12 +538,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let ready = server.ready_after;
         let pid = server.child.id();
         let workloads: &[Workload] = if n == args.secrets {
-            &[
-                Workload::GetLatest,
-                Workload::GetVersion,
-                Workload::Put,
-                Workload::Mix,
-            ]
+            if args.workloads.is_empty() {
+                &ALL_WORKLOADS
+            } else {
+                &args.workloads
+            }
         } else {
             &[Workload::GetLatest]
         };
