@@ -20,7 +20,9 @@ use crate::crypto::{Keyring, MasterKey, random_bytes};
 use crate::error::{Error, ErrorCode};
 use crate::metrics::StoreTimings;
 use crate::path::{PathArg, SecretPath, Version};
-use crate::store::{ListItem, PutMode, Store, StoreError, TokenRow, VersionMeta, WriteCtx, now_ms};
+use crate::store::{
+    ListItem, PutMode, Sealer, Store, StoreError, TokenRow, VersionMeta, WriteCtx, now_ms,
+};
 
 /// Domain limits.
 #[derive(Debug, Clone, Copy)]
@@ -225,6 +227,12 @@ impl std::fmt::Debug for Service {
 /// How often `last_used_at` is written per token, at most.
 const TOUCH_EVERY_MS: i64 = 60_000;
 
+/// Times a PUT reloads the data keys because the store held a newer
+/// generation than the one it sealed under (each reload follows a rotation
+/// that happened during the write; more than two in a row means this
+/// replica cannot use the newest key).
+const MAX_KEY_RELOADS: u32 = 3;
+
 impl Service {
     pub fn new(
         store: Arc<dyn Store>,
@@ -303,13 +311,6 @@ impl Service {
             *w = Arc::clone(&ring);
         }
         Ok(ring)
-    }
-
-    /// The keyring to seal with: the store's newest generation, so a
-    /// rotation takes effect at once on every replica.
-    async fn sealing_keyring(&self) -> Result<Arc<Keyring>, Error> {
-        let latest = self.store.latest_generation().await?;
-        self.refresh_keys(latest).await
     }
 
     /// The store, for commands that walk it (audit verify, tail).
@@ -405,16 +406,32 @@ impl Service {
                 message: format!("value is larger than {} bytes", self.limits.max_value_bytes),
             });
         }
-        let keyring = self.sealing_keyring().await?;
-        let seal_path = path.clone();
-        let seal = Box::new(move |v: Version| keyring.seal(&seal_path, v, value.as_bytes()));
         let wctx = WriteCtx {
             actor: p.id.clone(),
             audit: ctx.record("secret.write", Some(path.as_str()), None, 200),
         };
         // A copy for the SIEM stream only when there is one.
         let streamed = self.stream.is_some().then(|| wctx.audit.clone());
-        let result = self.store.put(path, seal, mode, wctx).await;
+        let value = Arc::new(value);
+        // Sealed under the newest data key this process knows; the store
+        // checks inside the write's transaction that the database holds no
+        // newer one (a rotation by another process or replica), and if it
+        // does, the keys are reloaded and the write sealed again.
+        let mut keyring = self.keyring()?;
+        let mut reloads = 0;
+        let result = loop {
+            let (ring, seal_path, value) = (Arc::clone(&keyring), path.clone(), Arc::clone(&value));
+            let seal = Sealer::new(keyring.active_generation(), move |v| {
+                ring.seal(&seal_path, v, value.as_bytes())
+            });
+            match self.store.put(path.clone(), seal, mode, wctx.clone()).await {
+                Err(StoreError::NewerDataKey(g)) if reloads < MAX_KEY_RELOADS => {
+                    reloads += 1;
+                    keyring = self.refresh_keys(g).await?;
+                }
+                other => break other,
+            }
+        };
         if let (Ok(v), Some(mut r)) = (&result, streamed) {
             r.version = Some(v.as_i64());
             self.emit(r);

@@ -28,10 +28,57 @@ use crate::path::{SecretPath, Version};
 /// A boxed future, so the trait stays object-safe (`Arc<dyn Store>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Turns the allocated version into the envelope to store. `Fn`, not
-/// `FnOnce`: a backend that retries a transaction (serialization failure)
-/// seals again for the version the retry allocated.
-pub type Sealer = Box<dyn Fn(Version) -> Result<Vec<u8>, CryptoError> + Send + Sync>;
+/// Turns the allocated version into the envelope to store, under the data
+/// key of one generation. `Fn`, not `FnOnce`: a backend that retries a
+/// transaction (serialization failure) seals again for the version the
+/// retry allocated.
+pub struct Sealer {
+    generation: u32,
+    seal: SealFn,
+}
+
+type SealFn = Box<dyn Fn(Version) -> Result<Vec<u8>, CryptoError> + Send + Sync>;
+
+impl Sealer {
+    /// A sealer whose envelopes are sealed under data key `generation`.
+    pub fn new(
+        generation: u32,
+        seal: impl Fn(Version) -> Result<Vec<u8>, CryptoError> + Send + Sync + 'static,
+    ) -> Self {
+        Sealer {
+            generation,
+            seal: Box::new(seal),
+        }
+    }
+
+    /// The data key generation it seals under.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The envelope of `version`.
+    pub fn seal(&self, version: Version) -> Result<Vec<u8>, CryptoError> {
+        (self.seal)(version)
+    }
+
+    /// Refuses (before anything is sealed) if the store already holds a
+    /// newer generation than this sealer's, `newest`: a rotation by another
+    /// process or replica, which new values must use at once.
+    pub fn check_newest(&self, newest: u32) -> Result<(), StoreError> {
+        if newest > self.generation {
+            return Err(StoreError::NewerDataKey(newest));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,6 +107,13 @@ pub enum StoreError {
     NotEmpty(String),
     #[error("sealing failed: {0}")]
     Seal(#[from] CryptoError),
+    /// A PUT sealed under an older data key generation than the newest in
+    /// the store (checked inside the write's transaction): nothing was
+    /// written; seal under generation `.0` and try again.
+    #[error(
+        "the store holds data key generation {0}, newer than the one this write was sealed under"
+    )]
+    NewerDataKey(u32),
     #[error("store error: {0}")]
     Backend(String),
 }
@@ -293,7 +347,10 @@ pub trait Store: Send + Sync + 'static {
     fn set_audit_key(&self, key: std::sync::Arc<crate::crypto::AuditKey>);
 
     /// Allocates the next version of `path`, seals the value for it and
-    /// stores it durably. Returns the new version.
+    /// stores it durably. Returns the new version. Refuses with
+    /// [`StoreError::NewerDataKey`], writing nothing, if the transaction
+    /// sees a data key generation newer than the sealer's
+    /// ([`Sealer::check_newest`]).
     fn put(
         &self,
         path: SecretPath,

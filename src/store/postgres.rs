@@ -20,9 +20,10 @@
 //!   statement (a backend woken, a plan run, a round trip) is paid once per
 //!   batch, not once per GET. A GET that arrives after a write was
 //!   acknowledged is in a batch sent after it, so it sees the write.
-//! * Every PUT asks for the newest data-key generation (to seal under it):
-//!   the callers queued while one such query ran share the next one, which
-//!   was sent after they asked.
+//! * A PUT batch reads the newest data-key generation in its transaction
+//!   (pipelined with its other first statement); a PUT sealed under an
+//!   older one is refused with [`StoreError::NewerDataKey`] and sealed again
+//!   by the service.
 //! * Every session runs with `synchronous_commit = on` (a 2xx means the
 //!   commit reached the WAL on disk) and a `statement_timeout`; every
 //!   operation also has a client-side deadline, so a dead network answers
@@ -97,8 +98,6 @@ pub struct PgStore {
     audits: tokio::sync::mpsc::UnboundedSender<AuditJob>,
     /// Point reads for [`Db::run_reads`].
     reads: tokio::sync::mpsc::UnboundedSender<ReadJob>,
-    /// Callers of `latest_generation` for [`Db::run_generations`].
-    generations: tokio::sync::mpsc::UnboundedSender<GenerationJob>,
 }
 
 /// The pool and what every operation needs; shared with the group-commit
@@ -135,10 +134,6 @@ struct ReadJob {
     version: Option<Version>,
     reply: tokio::sync::oneshot::Sender<Result<Option<StoredVersion>, StoreError>>,
 }
-
-/// One caller of `latest_generation` (every PUT asks, to seal under the
-/// newest data key) waiting for [`Db::run_generations`].
-type GenerationJob = tokio::sync::oneshot::Sender<Result<u32, StoreError>>;
 
 /// Most GETs folded into one `SELECT`.
 const MAX_READ_BATCH: usize = 256;
@@ -407,14 +402,11 @@ impl PgStore {
         tokio::spawn(Arc::clone(&db).run_audits(rx));
         let (reads, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(Arc::clone(&db).run_reads(rx));
-        let (generations, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(Arc::clone(&db).run_generations(rx));
         Ok(PgStore {
             db,
             puts,
             audits,
             reads,
-            generations,
         })
     }
 }
@@ -535,31 +527,6 @@ impl Db {
                     }
                 }
             });
-        }
-    }
-
-    /// Answers every caller of `latest_generation` queued while the previous
-    /// query ran with one query sent after they asked: a data key added
-    /// before a PUT began is seen by it, as with a query of its own, at one
-    /// statement per round instead of one per PUT.
-    async fn run_generations(
-        self: Arc<Self>,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<GenerationJob>,
-    ) {
-        while let Some(first) = rx.recv().await {
-            let mut jobs = queued(first, &mut rx, usize::MAX);
-            jobs.retain(|j| !j.is_closed());
-            if jobs.is_empty() {
-                continue;
-            }
-            let waiting = || jobs.iter().any(|j| !j.is_closed());
-            let result = self.shared_read(waiting, || self.latest_generation()).await;
-            for job in jobs {
-                let _ = job.send(match &result {
-                    Ok(g) => Ok(*g),
-                    Err(e) => Err(same_error(e)),
-                });
-            }
         }
     }
 
@@ -1126,34 +1093,47 @@ async fn put_rows(
     tx: &deadpool_postgres::Transaction<'_>,
     puts: &[PutRow<'_>],
 ) -> Result<Vec<Result<(Version, AuditRecord), StoreError>>, TxError> {
-    // An editor's PUT needs a live version (checked before any upsert).
+    // An editor's PUT needs a live version, and every PUT a sealer of the
+    // newest data key generation (both checked before any upsert).
     let checked: Vec<&str> = puts
         .iter()
         .filter(|p| p.mode == PutMode::ExistingOnly)
         .map(|p| p.path.as_str())
         .collect();
-    let live: std::collections::HashSet<String> = if checked.is_empty() {
-        std::collections::HashSet::new()
-    } else {
-        let stmt = tx
-            .prepare_cached(
-                "SELECT DISTINCT s.path FROM secrets s JOIN versions v ON v.secret_id = s.id
-                 WHERE s.path = ANY($1) AND v.envelope IS NOT NULL",
-            )
-            .await?;
-        tx.query(&stmt, &[&checked])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
-    let allowed: Vec<bool> = puts
+    // Prepared first, then sent together: one round trip.
+    let newest = tx
+        .prepare_cached("SELECT COALESCE(MAX(generation), 0) FROM data_keys")
+        .await?;
+    let live = tx
+        .prepare_cached(
+            "SELECT DISTINCT s.path FROM secrets s JOIN versions v ON v.secret_id = s.id
+             WHERE s.path = ANY($1) AND v.envelope IS NOT NULL",
+        )
+        .await?;
+    let (newest, live) = futures_util::future::join(tx.query_one(&newest, &[]), async {
+        if checked.is_empty() {
+            return Ok(Vec::new());
+        }
+        tx.query(&live, &[&checked]).await
+    })
+    .await;
+    let newest: i64 = newest?.get(0);
+    let newest = u32::try_from(newest)
+        .map_err(|_| StoreError::Corrupt(format!("data key generation {newest}")))?;
+    let live: std::collections::HashSet<String> = live?.iter().map(|r| r.get(0)).collect();
+    let refused: Vec<Option<StoreError>> = puts
         .iter()
-        .map(|p| p.mode != PutMode::ExistingOnly || live.contains(p.path.as_str()))
+        .map(|p| match p.seal.check_newest(newest) {
+            Err(e) => Some(e),
+            Ok(()) if p.mode == PutMode::ExistingOnly && !live.contains(p.path.as_str()) => {
+                Some(StoreError::NoLiveVersion)
+            }
+            Ok(()) => None,
+        })
         .collect();
     // How many versions each path gets.
     let mut counts: std::collections::BTreeMap<&str, i64> = Default::default();
-    for (p, _) in puts.iter().zip(&allowed).filter(|(_, ok)| **ok) {
+    for (p, _) in puts.iter().zip(&refused).filter(|(_, r)| r.is_none()) {
         *counts.entry(p.path.as_str()).or_default() += 1;
     }
     let now = now_ms();
@@ -1181,9 +1161,9 @@ async fn put_rows(
     }
     let mut rows = Vec::new();
     let mut out = Vec::with_capacity(puts.len());
-    for (p, ok) in puts.iter().zip(&allowed) {
-        if !ok {
-            out.push(Err(StoreError::NoLiveVersion));
+    for (p, refused) in puts.iter().zip(refused) {
+        if let Some(e) = refused {
+            out.push(Err(e));
             continue;
         }
         let (id, v) = next
@@ -1192,7 +1172,7 @@ async fn put_rows(
         let version = db_version(p.path, *v)?;
         *v += 1;
         let id = *id;
-        rows.push((id, version, (p.seal)(version)?, p.ctx.actor.as_str()));
+        rows.push((id, version, p.seal.seal(version)?, p.ctx.actor.as_str()));
         let mut record = p.ctx.audit.clone();
         record.version = Some(version.as_i64());
         out.push(Ok((version, record)));
@@ -1619,14 +1599,7 @@ impl Store for PgStore {
     }
 
     fn latest_generation(&self) -> BoxFuture<'_, Result<u32, StoreError>> {
-        Box::pin(self.db.deadline(async move {
-            let (reply, rx) = tokio::sync::oneshot::channel();
-            self.generations
-                .send(reply)
-                .map_err(|_| StoreError::Unavailable("reader stopped".into()))?;
-            rx.await
-                .map_err(|_| StoreError::Unavailable("reader stopped".into()))?
-        }))
+        Box::pin(self.db.deadline(self.db.latest_generation()))
     }
 
     fn key_usage(&self) -> BoxFuture<'_, Result<Vec<super::KeyUsage>, StoreError>> {

@@ -853,6 +853,14 @@ fn has_live_version(c: &Connection, path: &SecretPath) -> Result<bool, StoreErro
     .is_some())
 }
 
+/// The newest data key generation (0 if none).
+fn newest_generation(c: &Connection) -> Result<u32, StoreError> {
+    let g: i64 = c
+        .prepare_cached("SELECT COALESCE(MAX(generation), 0) FROM data_keys")?
+        .query_row([], |r| r.get(0))?;
+    u32::try_from(g).map_err(|_| StoreError::Corrupt(format!("data key generation {g}")))
+}
+
 fn put_row(
     c: &Connection,
     path: &SecretPath,
@@ -861,6 +869,7 @@ fn put_row(
     ctx: WriteCtx,
     key: &AuditKey,
 ) -> Result<Version, StoreError> {
+    seal.check_newest(newest_generation(c)?)?;
     if mode == PutMode::ExistingOnly && !has_live_version(c, path)? {
         return Err(StoreError::NoLiveVersion);
     }
@@ -873,7 +882,7 @@ fn put_row(
         )?
         .query_row(params![path.as_str(), now], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let version = db_version(path, last)?;
-    let envelope = seal(version)?;
+    let envelope = seal.seal(version)?;
     c.prepare_cached(
         "INSERT INTO versions (secret_id, version, envelope, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
@@ -1425,13 +1434,7 @@ impl Store for SqliteStore {
     }
 
     fn latest_generation(&self) -> BoxFuture<'_, Result<u32, StoreError>> {
-        let out = self.read_now(|c| {
-            let g: i64 = c
-                .prepare_cached("SELECT COALESCE(MAX(generation), 0) FROM data_keys")?
-                .query_row([], |r| r.get(0))?;
-            u32::try_from(g).map_err(|_| StoreError::Corrupt(format!("data key generation {g}")))
-        });
-        Box::pin(std::future::ready(out))
+        Box::pin(std::future::ready(self.read_now(newest_generation)))
     }
 
     fn key_usage(&self) -> BoxFuture<'_, Result<Vec<super::KeyUsage>, StoreError>> {
@@ -1631,7 +1634,7 @@ mod tests {
     }
 
     fn plain_sealer(tag: u8) -> Sealer {
-        Box::new(move |v: Version| Ok(vec![tag, v.get() as u8]))
+        Sealer::new(0, move |v: Version| Ok(vec![tag, v.get() as u8]))
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -1640,7 +1643,7 @@ mod tests {
         let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).unwrap());
         store.set_audit_key(Arc::new(crate::crypto::AuditKey::random().unwrap()));
         // Hold the writer inside the first write so the others queue up.
-        let slow: Sealer = Box::new(|v: Version| {
+        let slow = Sealer::new(0, |v: Version| {
             std::thread::sleep(std::time::Duration::from_millis(300));
             Ok(vec![v.get() as u8])
         });
@@ -1678,12 +1681,39 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_put_sealed_under_an_older_generation_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        store.set_audit_key(Arc::new(crate::crypto::AuditKey::random().unwrap()));
+        let master = crate::crypto::MasterKey::generate().unwrap();
+        for g in [1, 2] {
+            let k = crate::crypto::Keyring::new_wrapped_key(&master, g).unwrap();
+            assert!(store.add_data_key(k).await.unwrap());
+        }
+        let p = path("tfy-secret/gen/x");
+        let stale = Sealer::new(1, |v: Version| Ok(vec![1, v.get() as u8]));
+        match store.put(p.clone(), stale, PutMode::Any, ctx()).await {
+            Err(StoreError::NewerDataKey(2)) => {}
+            other => panic!("expected NewerDataKey(2), got {other:?}"),
+        }
+        assert!(store.get(&p, None).await.unwrap().is_none());
+        let fresh = Sealer::new(2, |v: Version| Ok(vec![2, v.get() as u8]));
+        let v = store
+            .put(p.clone(), fresh, PutMode::Any, ctx())
+            .await
+            .unwrap();
+        assert_eq!(v.get(), 1, "the refused write must not consume a version");
+        let row = store.get(&p, None).await.unwrap().unwrap();
+        assert_eq!(&row.envelope[..], &[2, 1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_failed_write_does_not_undo_its_batch_or_burn_a_version() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         store.set_audit_key(Arc::new(crate::crypto::AuditKey::random().unwrap()));
         let p = path("tfy-secret/f/x");
-        let failing: Sealer = Box::new(|_| Err(CryptoError::Rng));
+        let failing = Sealer::new(0, |_| Err(CryptoError::Rng));
         let (a, b, c) = tokio::join!(
             store.put(p.clone(), plain_sealer(1), PutMode::Any, ctx()),
             store.put(p.clone(), failing, PutMode::Any, ctx()),
