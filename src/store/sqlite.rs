@@ -794,9 +794,11 @@ impl SqliteStore {
     }
 }
 
-/// A read-only connection for the pool. (A bigger page cache would not
-/// help: a WAL reader drops its whole cache whenever the database changed
-/// since its last read, and every batch of audit records changes it.)
+/// A read-only connection for the pool, with SQLite's default page cache.
+/// A bigger one does not pay: a WAL reader drops its whole cache whenever
+/// another connection committed since its last read (every write batch),
+/// and with a million secrets a GET's leaf pages are random anyway (32 MiB
+/// per reader measured no faster, for 65 MiB more peak RSS).
 fn open_reader(db_path: &Path) -> Result<Connection, StoreError> {
     let c = open_connection(db_path)?;
     c.execute_batch("PRAGMA query_only = ON;")?;
