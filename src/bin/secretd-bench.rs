@@ -162,6 +162,9 @@ struct Measured {
     /// CPU time the server process spent per request (user + system, all
     /// threads): steadier than req/s on a noisy machine.
     cpu_us_per_req: f64,
+    /// The same for this load generator, which shares the machine: the
+    /// slower the server, the more of its time goes to waking up.
+    client_cpu_us_per_req: f64,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -186,6 +189,7 @@ async fn drive(
     secs: f64,
 ) -> anyhow::Result<Measured> {
     let cpu_before = cpu_seconds(pid);
+    let client_before = cpu_seconds(std::process::id());
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let key: Arc<str> = Arc::from(key);
     let mut tasks = Vec::new();
@@ -258,10 +262,17 @@ async fn drive(
         p50_ms: percentile(&all, 0.50),
         p99_ms: percentile(&all, 0.99),
         p999_ms: percentile(&all, 0.999),
-        cpu_us_per_req: ((cpu_seconds(pid) - cpu_before) * 1e6 / all.len().max(1) as f64 * 10.0)
-            .round()
-            / 10.0,
+        cpu_us_per_req: per_request(cpu_seconds(pid) - cpu_before, all.len()),
+        client_cpu_us_per_req: per_request(
+            cpu_seconds(std::process::id()) - client_before,
+            all.len(),
+        ),
     })
+}
+
+/// CPU microseconds per request, to one decimal.
+fn per_request(cpu_secs: f64, requests: usize) -> f64 {
+    (cpu_secs * 1e6 / requests.max(1) as f64 * 10.0).round() / 10.0
 }
 
 /// CPU seconds (user + system, every thread) a process has used so far.
@@ -457,6 +468,7 @@ fn row(name: &str, m: &Measured, ceiling_rps: f64, rss: f64) -> Value {
         "p999_ms": m.p999_ms,
         "peak_rss_mib": (rss * 10.0).round() / 10.0,
         "server_cpu_us_per_req": m.cpu_us_per_req,
+        "client_cpu_us_per_req": m.client_cpu_us_per_req,
     })
 }
 
@@ -503,7 +515,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     let ceiling_rss = peak_rss_mib(ceiling_server.child.id());
     drop(ceiling_server);
-    eprintln!("ceiling: {:.0} req/s, p99 {:.2} ms", ceil.rps, ceil.p99_ms);
+    eprintln!(
+        "ceiling: {:.0} req/s, p99 {:.2} ms, server CPU {:.1} us/req, load generator CPU {:.1} us/req",
+        ceil.rps, ceil.p99_ms, ceil.cpu_us_per_req, ceil.client_cpu_us_per_req
+    );
 
     let mut rows = vec![row("ceiling", &ceil, ceil.rps, ceiling_rss)];
     let mut by_size = Vec::new();
@@ -560,7 +575,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await?;
             let rss = peak_rss_mib(pid);
             eprintln!(
-                "{n} secrets, {}: {:.0} req/s ({:.2} of ceiling), p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} errors, peak RSS {:.1} MiB, server CPU {:.1} us/req",
+                "{n} secrets, {}: {:.0} req/s ({:.2} of ceiling), p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} errors, peak RSS {:.1} MiB, server CPU {:.1} us/req, load generator CPU {:.1} us/req",
                 w.name(),
                 m.rps,
                 m.rps / ceil.rps,
@@ -569,7 +584,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 m.p999_ms,
                 m.errors,
                 rss,
-                m.cpu_us_per_req
+                m.cpu_us_per_req,
+                m.client_cpu_us_per_req
             );
             if w == Workload::GetLatest {
                 by_size.push(json!({
@@ -607,12 +623,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let mut md = format!(
         "Backend {backend}, {} secrets x {} versions, concurrency {}, {} s per workload, {} cores, encryption and audit on.\n\n\
-         | workload | req/s | ratio to ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB | server CPU µs/req |\n|---|---|---|---|---|---|---|---|---|\n",
+         | workload | req/s | ratio to ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB | server CPU µs/req | load generator CPU µs/req |\n|---|---|---|---|---|---|---|---|---|---|\n",
         args.secrets, args.versions, args.concurrency, args.seconds, result["cores"]
     );
     for r in result["workloads"].as_array().into_iter().flatten() {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r["workload"].as_str().unwrap_or(""),
             r["rps"],
             r["ratio_to_ceiling"],
@@ -621,7 +637,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             r["p999_ms"],
             r["errors"],
             r["peak_rss_mib"],
-            r["server_cpu_us_per_req"]
+            r["server_cpu_us_per_req"],
+            r["client_cpu_us_per_req"]
         ));
     }
     if by_size.len() > 1 {

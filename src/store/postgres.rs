@@ -595,7 +595,10 @@ impl Db {
                 .ok()
                 .and_then(|i| found.get_mut(i).zip(jobs.get(i)))
             else {
-                return Err(unexpected());
+                return Err(StoreError::Backend(format!(
+                    "a batched read answered for position {i} of {}",
+                    jobs.len()
+                )));
             };
             *slot = db_version(&job.path, r.get(1)).map(|version| {
                 Some(StoredVersion {
@@ -872,8 +875,10 @@ fn same_error(e: &StoreError) -> StoreError {
     }
 }
 
+/// A statement answered in a way its own SQL rules out (a bug, or a
+/// schema changed behind our back).
 fn unexpected() -> StoreError {
-    StoreError::Backend("write returned an unexpected outcome".into())
+    StoreError::Backend("a statement returned an unexpected outcome".into())
 }
 
 const AUDIT_COLUMNS: &str = "seq, time, request_id, token_id, token_name, client, operation, path, version, outcome, status, prev_hash, hash";

@@ -47,8 +47,63 @@ fn benchmark_runs_end_to_end() {
             "{r}"
         );
         assert!(r["peak_rss_mib"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+        assert!(
+            r["client_cpu_us_per_req"]
+                .as_f64()
+                .is_some_and(|x| x >= 0.0),
+            "{r}"
+        );
     }
     assert_eq!(res["by_store_size"].as_array().map(Vec::len), Some(2));
     let md = std::fs::read_to_string(out_dir.path().join("results.md")).expect("results.md");
     assert!(md.contains("| get_latest |"));
+}
+
+/// `--workloads` runs a subset; `--keep-store` preloads once and reuses.
+#[test]
+fn benchmark_subset_reuses_a_kept_store() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_secretd-bench"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let run = || {
+        let out = Command::new(exe)
+            .args([
+                "--secrets",
+                "100",
+                "--concurrency",
+                "2",
+                "--seconds",
+                "0.3",
+                "--workloads",
+                "get_latest,put",
+                "--no-chart",
+                "--keep-store",
+            ])
+            .arg(&store)
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .env_remove("SECRETD_BENCH_DATABASE_URL")
+            .output()
+            .expect("run bench");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let res: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("out/results.json")).expect("results.json"),
+        )
+        .expect("json");
+        let names: Vec<String> = res["workloads"]
+            .as_array()
+            .expect("workloads")
+            .iter()
+            .filter_map(|r| r["workload"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(names, ["ceiling", "get_latest", "put"]);
+        stderr
+    };
+    let first = run();
+    assert!(first.contains("preloaded 100 secrets"), "{first}");
+    assert!(store.join("secretd.db").exists());
+    let second = run();
+    assert!(second.contains("reusing the store"), "{second}");
+    assert!(!second.contains("preloaded"), "{second}");
 }
