@@ -209,8 +209,8 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(d) => Error::Unavailable(d),
-            // Only after the service reloaded the keys and still could not
-            // seal under the newest one: this replica cannot write now.
+            // Only if keys were rotated again after each of the service's
+            // reloads during one PUT: worth a retry.
             e @ StoreError::NewerDataKey(_) => Error::Unavailable(e.to_string()),
             StoreError::Conflict(m) => Error::Conflict(m),
             StoreError::Corrupt(detail) => Error::Corrupt {

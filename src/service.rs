@@ -228,9 +228,10 @@ impl std::fmt::Debug for Service {
 const TOUCH_EVERY_MS: i64 = 60_000;
 
 /// Times a PUT reloads the data keys because the store held a newer
-/// generation than the one it sealed under (each reload follows a rotation
-/// that happened during the write; more than two in a row means this
-/// replica cannot use the newest key).
+/// generation than the one it sealed under. Each reload follows a rotation
+/// that committed during the write, so a fourth refusal in a row (503) is
+/// all but impossible; a newest key this replica cannot open fails the
+/// reload itself.
 const MAX_KEY_RELOADS: u32 = 3;
 
 impl Service {

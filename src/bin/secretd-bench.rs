@@ -64,13 +64,48 @@ struct Args {
     no_chart: bool,
     /// Run only these workloads at the main size (comma-separated:
     /// get_latest, get_version, put, mix_90_10), e.g. while profiling.
+    /// Without get_latest the store-size series lacks the main size.
     #[arg(long, value_delimiter = ',', value_parser = parse_workload)]
     workloads: Vec<Workload>,
     /// Embedded store only: keep the main size's store in this directory and
-    /// reuse it on the next run instead of preloading again (a million
-    /// secrets take minutes to preload). Writes of earlier runs stay in it.
+    /// reuse it on the next run of the same --secrets and --versions instead
+    /// of preloading again (a million secrets take minutes to preload). The
+    /// directory must be new or empty the first time. Writes of earlier runs
+    /// stay in it.
     #[arg(long)]
     keep_store: Option<PathBuf>,
+}
+
+/// Marks a `--keep-store` directory as a finished preload of this shape.
+const KEPT_MARKER: &str = "bench-store.json";
+
+/// Whether `dir` holds a finished preload of `shape` (reuse it), or does
+/// not exist or is empty (preload into it). Anything else is refused: a
+/// store of another shape, a preload cut short, or a directory that is not
+/// the bench's (preloading would take it over).
+fn kept_store_matches(dir: &std::path::Path, shape: &Value) -> anyhow::Result<bool> {
+    let marker = dir.join(KEPT_MARKER);
+    if let Ok(text) = std::fs::read_to_string(&marker) {
+        let found: Value = serde_json::from_str(&text)?;
+        anyhow::ensure!(
+            &found == shape,
+            "{} holds a preload of {found}, not {shape}; pick another --keep-store directory",
+            dir.display()
+        );
+        return Ok(true);
+    }
+    let empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(e.into()),
+    };
+    anyhow::ensure!(
+        empty,
+        "{} is not empty and holds no finished bench preload ({KEPT_MARKER}); \
+         pass an empty or new directory to --keep-store",
+        dir.display()
+    );
+    Ok(false)
 }
 
 fn parse_workload(s: &str) -> Result<Workload, String> {
@@ -254,6 +289,9 @@ async fn drive(
         all.extend(lat);
         errors += e;
     }
+    // Read before sorting: the sort is not load.
+    let server_cpu = cpu_seconds(pid) - cpu_before;
+    let client_cpu = cpu_seconds(std::process::id()) - client_before;
     all.sort_unstable();
     Ok(Measured {
         requests: all.len(),
@@ -262,11 +300,8 @@ async fn drive(
         p50_ms: percentile(&all, 0.50),
         p99_ms: percentile(&all, 0.99),
         p999_ms: percentile(&all, 0.999),
-        cpu_us_per_req: per_request(cpu_seconds(pid) - cpu_before, all.len()),
-        client_cpu_us_per_req: per_request(
-            cpu_seconds(std::process::id()) - client_before,
-            all.len(),
-        ),
+        cpu_us_per_req: per_request(server_cpu, all.len()),
+        client_cpu_us_per_req: per_request(client_cpu, all.len()),
     })
 }
 
@@ -483,6 +518,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.keep_store.is_none() || args.database_url.is_none(),
         "--keep-store is for the embedded store"
     );
+    let mut args = args;
+    let mut seen = Vec::new();
+    args.workloads.retain(|w| {
+        let first = !seen.contains(w);
+        seen.push(*w);
+        first
+    });
     std::fs::create_dir_all(&args.out)?;
     let secretd = sibling("secretd")?;
     anyhow::ensure!(
@@ -527,7 +569,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let kept = args.keep_store.as_ref().filter(|_| n == args.secrets);
         let data = kept.cloned().unwrap_or_else(|| dir.path().join("data"));
-        if kept.is_some() && data.join("secretd.db").exists() {
+        let shape = json!({ "secrets": n, "versions": args.versions });
+        if kept.is_some() && kept_store_matches(&data, &shape)? {
             eprintln!("reusing the store in {}", data.display());
         } else {
             let t = Instant::now();
@@ -537,6 +580,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.versions,
                 t.elapsed().as_secs_f64()
             );
+            if kept.is_some() {
+                // Written last: a preload cut short leaves no marker.
+                std::fs::write(data.join(KEPT_MARKER), shape.to_string())?;
+            }
         }
         let mut cmd = Command::new(&secretd);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

@@ -23,7 +23,9 @@
 //! * A PUT batch reads the newest data-key generation in its transaction
 //!   (pipelined with its other first statement); a PUT sealed under an
 //!   older one is refused with [`StoreError::NewerDataKey`] and sealed again
-//!   by the service.
+//!   by the service. Adding a data key takes the table's ACCESS EXCLUSIVE
+//!   lock, so it waits for batches that read the old generation and later
+//!   batches wait for it.
 //! * Every session runs with `synchronous_commit = on` (a 2xx means the
 //!   commit reached the WAL on disk) and a `statement_timeout`; every
 //!   operation also has a client-side deadline, so a dead network answers
@@ -1250,6 +1252,13 @@ async fn apply(
             Ok(WriteOut::Versions(out))
         }
         WriteOp::AddKey(key) => {
+            // Waits for every transaction that read the newest generation
+            // (a PUT batch holds the table's ACCESS SHARE lock from its
+            // generation read to its commit), and makes later readers wait
+            // for this one: no batch commits a value sealed under the old
+            // generation after the new one is committed.
+            tx.batch_execute("LOCK TABLE data_keys IN ACCESS EXCLUSIVE MODE")
+                .await?;
             let n = tx
                 .execute(
                     "INSERT INTO data_keys (generation, wrapped, created_at) VALUES ($1, $2, $3)

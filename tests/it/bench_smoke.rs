@@ -48,9 +48,7 @@ fn benchmark_runs_end_to_end() {
         );
         assert!(r["peak_rss_mib"].as_f64().is_some_and(|x| x > 0.0), "{r}");
         assert!(
-            r["client_cpu_us_per_req"]
-                .as_f64()
-                .is_some_and(|x| x >= 0.0),
+            r["client_cpu_us_per_req"].as_f64().is_some_and(|x| x > 0.0),
             "{r}"
         );
     }
@@ -59,51 +57,76 @@ fn benchmark_runs_end_to_end() {
     assert!(md.contains("| get_latest |"));
 }
 
-/// `--workloads` runs a subset; `--keep-store` preloads once and reuses.
+/// `--workloads` runs a subset; `--keep-store` preloads once and reuses,
+/// and refuses a directory that is not a finished preload of the same shape.
 #[test]
 fn benchmark_subset_reuses_a_kept_store() {
     let exe = Path::new(env!("CARGO_BIN_EXE_secretd-bench"));
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = dir.path().join("store");
-    let run = || {
-        let out = Command::new(exe)
+    let bench = |store: &Path, secrets: &str| {
+        Command::new(exe)
             .args([
                 "--secrets",
-                "100",
+                secrets,
                 "--concurrency",
                 "2",
                 "--seconds",
                 "0.3",
                 "--workloads",
-                "get_latest,put",
+                "get_latest,put,get_latest",
                 "--no-chart",
                 "--keep-store",
             ])
-            .arg(&store)
+            .arg(store)
             .arg("--out")
             .arg(dir.path().join("out"))
             .env_remove("SECRETD_BENCH_DATABASE_URL")
             .output()
-            .expect("run bench");
+            .expect("run bench")
+    };
+    let store = dir.path().join("store");
+    let run = || {
+        let out = bench(&store, "100");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{stderr}");
         let res: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join("out/results.json")).expect("results.json"),
         )
         .expect("json");
-        let names: Vec<String> = res["workloads"]
-            .as_array()
-            .expect("workloads")
-            .iter()
-            .filter_map(|r| r["workload"].as_str().map(str::to_owned))
-            .collect();
-        assert_eq!(names, ["ceiling", "get_latest", "put"]);
+        let rows = res["workloads"].as_array().expect("workloads");
+        let names: Vec<&str> = rows.iter().filter_map(|r| r["workload"].as_str()).collect();
+        assert_eq!(
+            names,
+            ["ceiling", "get_latest", "put"],
+            "a repeated name runs once"
+        );
+        for r in rows {
+            // A GET of a path the store does not hold would count here.
+            assert_eq!(r["errors"], 0, "{r}");
+            assert!(r["requests"].as_u64().is_some_and(|n| n > 0), "{r}");
+        }
         stderr
     };
     let first = run();
     assert!(first.contains("preloaded 100 secrets"), "{first}");
-    assert!(store.join("secretd.db").exists());
+    assert!(store.join("bench-store.json").exists());
     let second = run();
     assert!(second.contains("reusing the store"), "{second}");
     assert!(!second.contains("preloaded"), "{second}");
+
+    // Another shape, and a directory that is not a preload, are refused.
+    let other = bench(&store, "200");
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("holds a preload of"));
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).expect("mkdir");
+    std::fs::write(foreign.join("notes.txt"), "mine").expect("write");
+    let refused = bench(&foreign, "100");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not empty"));
+    assert_eq!(
+        std::fs::read_dir(&foreign).expect("read_dir").count(),
+        1,
+        "a refused directory is left as it was"
+    );
 }

@@ -696,6 +696,78 @@ async fn migrate_embedded_to_postgres_and_back() {
     db.drop_db().await;
 }
 
+/// A PUT batch reads the newest generation at the start of its
+/// transaction and seals under it; a rotation must not commit in between,
+/// or a value sealed under the old key would be committed after the new one
+/// exists (and `key rotate --rewrap` could miss it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_waits_for_transactions_that_read_the_old_generation() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let s = TestServer::start_on(Backend::Postgres(db.url.clone())).await;
+    s.client.put_ok("tfy-secret/pglock/x", "one").await;
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    // What a PUT batch does first, then holds until its commit.
+    client
+        .batch_execute("BEGIN; SELECT COALESCE(MAX(generation), 0) FROM data_keys")
+        .await
+        .expect("begin");
+    let mut rotate = std::process::Command::new(bin())
+        .args(["key", "rotate"])
+        .args(s.store_args())
+        .env_remove("SECRETD_DATABASE_URL")
+        .env("SECRETD_MASTER_KEY", MASTER_KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn key rotate");
+    // The rotation's backend queues for a lock on data_keys.
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                   WHERE c.relname = 'data_keys' AND NOT l.granted
+                     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    let mut queued = false;
+    for _ in 0..200 {
+        let n: i64 = client.query_one(waiting, &[]).await.expect("locks").get(0);
+        if n > 0 {
+            queued = true;
+            break;
+        }
+        assert!(
+            rotate.try_wait().expect("try_wait").is_none(),
+            "the rotation finished while a transaction that read the old generation was open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(queued, "the rotation never waited for the data_keys lock");
+    assert!(rotate.try_wait().expect("try_wait").is_none());
+    client.batch_execute("COMMIT").await.expect("commit");
+    let out = tokio::task::spawn_blocking(move || rotate.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.client.put_ok("tfy-secret/pglock/x", "two").await, 2);
+    let gen_of_v2: Vec<u8> = client
+        .query_one(
+            "SELECT substring(v.envelope from 2 for 4) FROM versions v
+             JOIN secrets s ON s.id = v.secret_id WHERE s.path = $1 AND v.version = 2",
+            &[&"tfy-secret/pglock/x"],
+        )
+        .await
+        .expect("envelope")
+        .get(0);
+    assert_eq!(gen_of_v2, vec![0, 0, 0, 2]);
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn key_rotation_and_rekey_on_postgres() {
     let Some(db) = TestDb::create().await else {
