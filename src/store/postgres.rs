@@ -581,14 +581,17 @@ impl Db {
                      ORDER BY v.version DESC LIMIT 1
                  ) v",
             )
-            .await
-            .map_err(map_pg)?;
+            .await;
         let paths: Vec<&str> = jobs.iter().map(|j| j.path.as_str()).collect();
         let (lo, hi): (Vec<i64>, Vec<i64>) = jobs.iter().map(|j| version_range(j.version)).unzip();
-        let rows = client
-            .query(&stmt, &[&paths, &lo, &hi])
-            .await
-            .map_err(map_pg)?;
+        let rows = match stmt {
+            Ok(stmt) => client.query(&stmt, &[&paths, &lo, &hi]).await,
+            Err(e) => Err(e),
+        };
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => return Err(discard_if_broken(client, e)),
+        };
         let mut found: Vec<Result<Option<StoredVersion>, StoreError>> =
             jobs.iter().map(|_| Ok(None)).collect();
         for r in rows {
@@ -875,6 +878,17 @@ fn same_error(e: &StoreError) -> StoreError {
         StoreError::Corrupt(why) => StoreError::Corrupt(why.clone()),
         other => StoreError::Backend(other.to_string()),
     }
+}
+
+/// `e` as a store error. A connection `e` shows unusable is taken out of
+/// the pool instead of going back to it: a retry's checkout could otherwise
+/// get it again before its connection task noticed it closed (the pool's
+/// fast recycling only checks that flag).
+fn discard_if_broken(client: deadpool_postgres::Object, e: tokio_postgres::Error) -> StoreError {
+    if is_unavailable(&e) {
+        drop(deadpool_postgres::Object::take(client));
+    }
+    map_pg(e)
 }
 
 /// A statement answered in a way its own SQL rules out (a bug, or a

@@ -696,6 +696,68 @@ async fn migrate_embedded_to_postgres_and_back() {
     db.drop_db().await;
 }
 
+/// A read batch whose connection dies under it (here: its backend is
+/// terminated while it waits for a lock) is retried once on a fresh
+/// connection, so one broken pooled connection does not fail every GET in
+/// the batch with 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_batch_whose_connection_dies_is_retried() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let s = TestServer::start_on(Backend::Postgres(db.url.clone())).await;
+    s.client.put_ok("tfy-secret/pgretry/x", "kept").await;
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    // Reads of `secrets` now wait for this transaction.
+    client
+        .batch_execute("BEGIN; LOCK TABLE secrets IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let reader = s.client.clone();
+    let get = tokio::spawn(async move { reader.get("tfy-secret/pgretry/x", None).await });
+    let waiting = "SELECT pid FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    // Watched from a second session: inside the locking transaction,
+    // pg_stat_activity would show one snapshot for the whole transaction.
+    let (watch, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    // The first backend other than `not` found waiting for the lock.
+    let wait_for_reader = |not: Option<i32>| {
+        let watch = &watch;
+        async move {
+            for _ in 0..200 {
+                let rows = watch.query(waiting, &[]).await.expect("activity");
+                if let Some(pid) = rows
+                    .iter()
+                    .map(|r| r.get::<_, i32>(0))
+                    .find(|p| Some(*p) != not)
+                {
+                    return pid;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("no read waited for the lock");
+        }
+    };
+    let first = wait_for_reader(None).await;
+    client
+        .query_one("SELECT pg_terminate_backend($1)", &[&first])
+        .await
+        .expect("terminate");
+    // The retry, on another connection, waits for the lock in turn.
+    wait_for_reader(Some(first)).await;
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    let r = get.await.expect("join");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["value"], "kept");
+    db.drop_db().await;
+}
+
 /// A PUT batch reads the newest generation at the start of its
 /// transaction and seals under it; a rotation must not commit in between,
 /// or a value sealed under the old key would be committed after the new one
