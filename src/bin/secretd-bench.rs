@@ -507,7 +507,7 @@ fn row(name: &str, m: &Measured, ceiling_rps: f64, rss: f64) -> Value {
     })
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(mut args: Args) -> anyhow::Result<()> {
     let key = "bench-key-0123456789abcdef0123";
     let backend = if args.database_url.is_some() {
         "postgres"
@@ -518,7 +518,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.keep_store.is_none() || args.database_url.is_none(),
         "--keep-store is for the embedded store"
     );
-    let mut args = args;
     let mut seen = Vec::new();
     args.workloads.retain(|w| {
         let first = !seen.contains(w);

@@ -51,11 +51,6 @@ impl Sealer {
         }
     }
 
-    /// The data key generation it seals under.
-    pub fn generation(&self) -> u32 {
-        self.generation
-    }
-
     /// The envelope of `version`.
     pub fn seal(&self, version: Version) -> Result<Vec<u8>, CryptoError> {
         (self.seal)(version)

@@ -551,11 +551,10 @@ impl Db {
     async fn latest_generation(&self) -> Result<u32, StoreError> {
         let client = self.pool.get().await.map_err(map_pool)?;
         let stmt = client
-            .prepare_cached("SELECT COALESCE(MAX(generation), 0) FROM data_keys")
+            .prepare_cached(NEWEST_GENERATION)
             .await
             .map_err(map_pg)?;
-        let g: i64 = client.query_one(&stmt, &[]).await.map_err(map_pg)?.get(0);
-        u32::try_from(g).map_err(|_| StoreError::Corrupt(format!("data key generation {g}")))
+        generation(&client.query_one(&stmt, &[]).await.map_err(map_pg)?)
     }
 
     /// Reads the newest live version, or the one asked for, of every job's
@@ -565,29 +564,29 @@ impl Db {
         jobs: &[ReadJob],
     ) -> Result<Vec<Result<Option<StoredVersion>, StoreError>>, StoreError> {
         let client = self.pool.get().await.map_err(map_pool)?;
-        let stmt = client
-            .prepare_cached(
-                // Each job asks for the newest live version within
-                // [lo, hi] (one version, or all of them): a range the index
-                // bounds, where `version IS NULL OR version = x` would walk
-                // back over every newer version under a generic plan.
-                "SELECT q.i, v.version, v.envelope, v.created_at
-                 FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[]) WITH ORDINALITY AS q(path, lo, hi, i)
-                 JOIN secrets s ON s.path = q.path
-                 CROSS JOIN LATERAL (
-                     SELECT v.version, v.envelope, v.created_at FROM versions v
-                     WHERE v.secret_id = s.id AND v.version BETWEEN q.lo AND q.hi
-                       AND v.envelope IS NOT NULL
-                     ORDER BY v.version DESC LIMIT 1
-                 ) v",
-            )
-            .await;
         let paths: Vec<&str> = jobs.iter().map(|j| j.path.as_str()).collect();
         let (lo, hi): (Vec<i64>, Vec<i64>) = jobs.iter().map(|j| version_range(j.version)).unzip();
-        let rows = match stmt {
-            Ok(stmt) => client.query(&stmt, &[&paths, &lo, &hi]).await,
-            Err(e) => Err(e),
-        };
+        let rows = async {
+            let stmt = client
+                .prepare_cached(
+                    // Each job asks for the newest live version within
+                    // [lo, hi] (one version, or all of them): a range the index
+                    // bounds, where `version IS NULL OR version = x` would walk
+                    // back over every newer version under a generic plan.
+                    "SELECT q.i, v.version, v.envelope, v.created_at
+                     FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[]) WITH ORDINALITY AS q(path, lo, hi, i)
+                     JOIN secrets s ON s.path = q.path
+                     CROSS JOIN LATERAL (
+                         SELECT v.version, v.envelope, v.created_at FROM versions v
+                         WHERE v.secret_id = s.id AND v.version BETWEEN q.lo AND q.hi
+                           AND v.envelope IS NOT NULL
+                         ORDER BY v.version DESC LIMIT 1
+                     ) v",
+                )
+                .await?;
+            client.query(&stmt, &[&paths, &lo, &hi]).await
+        }
+        .await;
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => return Err(discard_if_broken(client, e)),
@@ -891,6 +890,15 @@ fn discard_if_broken(client: deadpool_postgres::Object, e: tokio_postgres::Error
     map_pg(e)
 }
 
+/// The newest data key generation (0 if none).
+const NEWEST_GENERATION: &str = "SELECT COALESCE(MAX(generation), 0) FROM data_keys";
+
+/// The generation in the first column of `row` ([`NEWEST_GENERATION`]).
+fn generation(row: &tokio_postgres::Row) -> Result<u32, StoreError> {
+    let g: i64 = row.get(0);
+    u32::try_from(g).map_err(|_| StoreError::Corrupt(format!("data key generation {g}")))
+}
+
 /// A statement answered in a way its own SQL rules out (a bug, or a
 /// schema changed behind our back).
 fn unexpected() -> StoreError {
@@ -1122,9 +1130,7 @@ async fn put_rows(
         .map(|p| p.path.as_str())
         .collect();
     // Prepared first, then sent together: one round trip.
-    let newest = tx
-        .prepare_cached("SELECT COALESCE(MAX(generation), 0) FROM data_keys")
-        .await?;
+    let newest = tx.prepare_cached(NEWEST_GENERATION).await?;
     let live = tx
         .prepare_cached(
             "SELECT DISTINCT s.path FROM secrets s JOIN versions v ON v.secret_id = s.id
@@ -1138,9 +1144,7 @@ async fn put_rows(
         tx.query(&live, &[&checked]).await
     })
     .await;
-    let newest: i64 = newest?.get(0);
-    let newest = u32::try_from(newest)
-        .map_err(|_| StoreError::Corrupt(format!("data key generation {newest}")))?;
+    let newest = generation(&newest?)?;
     let live: std::collections::HashSet<String> = live?.iter().map(|r| r.get(0)).collect();
     let refused: Vec<Option<StoreError>> = puts
         .iter()

@@ -4,6 +4,12 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The `results.json` a run wrote to `out`.
+fn results(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("results.json")).expect("results.json");
+    serde_json::from_str(&text).expect("json")
+}
+
 #[test]
 fn benchmark_runs_end_to_end() {
     let exe = Path::new(env!("CARGO_BIN_EXE_secretd-bench"));
@@ -29,10 +35,7 @@ fn benchmark_runs_end_to_end() {
         .expect("run bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let res: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out_dir.path().join("results.json")).expect("results.json"),
-    )
-    .expect("json");
+    let res = results(out_dir.path());
     let rows = res["workloads"].as_array().expect("workloads");
     let names: Vec<&str> = rows.iter().filter_map(|r| r["workload"].as_str()).collect();
     assert_eq!(
@@ -89,10 +92,7 @@ fn benchmark_subset_reuses_a_kept_store() {
         let out = bench(&store, "100");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{stderr}");
-        let res: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join("out/results.json")).expect("results.json"),
-        )
-        .expect("json");
+        let res = results(&dir.path().join("out"));
         let rows = res["workloads"].as_array().expect("workloads");
         let names: Vec<&str> = rows.iter().filter_map(|r| r["workload"].as_str()).collect();
         assert_eq!(

@@ -200,6 +200,15 @@ pub struct TestDb {
     name: String,
 }
 
+/// A plain session on the database at `url` (its connection task spawned).
+pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
 async fn admin_client() -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::connect(&pg_base_url(), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
@@ -372,14 +381,18 @@ impl TestServer {
     }
 
     /// Runs `secretd <args> <store flags>`; returns (exit ok, stdout, stderr).
-    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = std::process::Command::new(bin())
-            .args(args)
+    /// A `secretd` command line on this server's store, with its master key.
+    pub fn cli_command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(args)
             .args(self.store_args())
             .env_remove("SECRETD_DATABASE_URL")
-            .env("SECRETD_MASTER_KEY", MASTER_KEY)
-            .output()
-            .expect("run secretd");
+            .env("SECRETD_MASTER_KEY", MASTER_KEY);
+        cmd
+    }
+
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.cli_command(args).output().expect("run secretd");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -397,10 +410,7 @@ impl TestServer {
                 db.execute_batch(sql).expect("sql");
             }
             Backend::Postgres(url) => {
-                let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                    .await
-                    .expect("connect");
-                tokio::spawn(conn);
+                let c = pg_connect(url).await;
                 c.batch_execute(sql).await.expect("sql");
             }
         }

@@ -125,10 +125,7 @@ async fn start_up_refusals() {
         "no data dir for a database-backed server"
     );
     // a schema from the future
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let client = pg_connect(&db.url).await;
     client
         .execute(
             "INSERT INTO secretd_schema (version, applied_at) VALUES (99, 0)",
@@ -153,10 +150,7 @@ async fn tls_follows_sslmode() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let client = pg_connect(&db.url).await;
     let ssl: String = client
         .query_one("SHOW ssl", &[])
         .await
@@ -707,10 +701,7 @@ async fn a_read_batch_whose_connection_dies_is_retried() {
     };
     let s = TestServer::start_on(Backend::Postgres(db.url.clone())).await;
     s.client.put_ok("tfy-secret/pgretry/x", "kept").await;
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let client = pg_connect(&db.url).await;
     // Reads of `secrets` now wait for this transaction.
     client
         .batch_execute("BEGIN; LOCK TABLE secrets IN ACCESS EXCLUSIVE MODE")
@@ -722,10 +713,7 @@ async fn a_read_batch_whose_connection_dies_is_retried() {
                    WHERE datname = current_database() AND wait_event_type = 'Lock'";
     // Watched from a second session: inside the locking transaction,
     // pg_stat_activity would show one snapshot for the whole transaction.
-    let (watch, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let watch = pg_connect(&db.url).await;
     // The first backend other than `not` found waiting for the lock.
     let wait_for_reader = |not: Option<i32>| {
         let watch = &watch;
@@ -769,20 +757,14 @@ async fn a_rotation_waits_for_transactions_that_read_the_old_generation() {
     };
     let s = TestServer::start_on(Backend::Postgres(db.url.clone())).await;
     s.client.put_ok("tfy-secret/pglock/x", "one").await;
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let client = pg_connect(&db.url).await;
     // What a PUT batch does first, then holds until its commit.
     client
         .batch_execute("BEGIN; SELECT COALESCE(MAX(generation), 0) FROM data_keys")
         .await
         .expect("begin");
-    let mut rotate = std::process::Command::new(bin())
-        .args(["key", "rotate"])
-        .args(s.store_args())
-        .env_remove("SECRETD_DATABASE_URL")
-        .env("SECRETD_MASTER_KEY", MASTER_KEY)
+    let mut rotate = s
+        .cli_command(&["key", "rotate"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -842,10 +824,7 @@ async fn key_rotation_and_rekey_on_postgres() {
     assert!(ok, "{err}");
     assert!(out.contains("generation 2"), "{out}");
     assert_eq!(c.put_ok("tfy-secret/pgkeys/x", "two").await, 2);
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let client = pg_connect(&db.url).await;
     let gens: Vec<Vec<u8>> = client
         .query(
             "SELECT substring(envelope from 2 for 4) FROM versions ORDER BY version",

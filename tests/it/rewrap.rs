@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::both_backends;
-use crate::common::{Backend, MASTER_KEY, TestServer, bin};
+use crate::common::{Backend, MASTER_KEY, TestServer, bin, pg_connect};
 
 /// Every version row: (path, version) -> envelope (`None` for a tombstone).
 type Rows = BTreeMap<(String, i64), Option<Vec<u8>>>;
@@ -25,10 +25,7 @@ async fn rows(s: &TestServer) -> Rows {
                 .collect()
         }
         Backend::Postgres(url) => {
-            let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(conn);
+            let c = pg_connect(url).await;
             c.query(ROWS_SQL, &[])
                 .await
                 .expect("query")
