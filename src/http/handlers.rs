@@ -27,7 +27,9 @@ use super::body::{
 };
 use super::middleware::{Audited, Ctx};
 use crate::authz::{Role, Scope};
-use crate::error::{Error, ErrorBody, ErrorCode, json_response, json_response_sized};
+use crate::error::{
+    Error, ErrorBody, ErrorCode, WipedBuf, json_response, json_response_with, write_json_str,
+};
 use crate::path::{PathArg, PathError, ROOT, SecretPath};
 use crate::service::TokenInfo;
 
@@ -46,6 +48,28 @@ pub struct SecretOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "2026-11-23T10:00:00.000Z")]
     created_at: Option<String>,
+}
+
+impl SecretOut<'_> {
+    /// Writes what `serde_json` writes for `ReadOut::Value(self)`, the
+    /// strings through [`write_json_str`] (a read's hot path: the value is
+    /// most of the response).
+    fn write_json(&self, buf: &mut WipedBuf) -> serde_json::Result<()> {
+        use std::io::Write as _;
+        let io = serde_json::Error::io;
+        buf.write_all(br#"{"path":"#).map_err(io)?;
+        write_json_str(buf, self.path)?;
+        if let Some(v) = self.version {
+            write!(buf, r#","version":{v}"#).map_err(io)?;
+        }
+        buf.write_all(br#","value":"#).map_err(io)?;
+        write_json_str(buf, self.value)?;
+        if let Some(t) = &self.created_at {
+            buf.write_all(br#","created_at":"#).map_err(io)?;
+            write_json_str(buf, t)?;
+        }
+        buf.write_all(b"}").map_err(io)
+    }
 }
 
 /// What `GET /secrets` answers: a value, a listing page or metadata.
@@ -294,16 +318,15 @@ pub async fn get_secret(
             ctx.note(op, None, Some(v.version.as_i64()));
             // Room for the value, a few escapes, the path and the fields.
             let capacity = v.value.len() + v.value.len() / 8 + v.path.as_str().len() + 128;
-            Ok(json_response_sized(
-                StatusCode::OK,
-                &ReadOut::Value(SecretOut {
-                    path: v.path.as_str(),
-                    version: Some(v.version.get()),
-                    value: &v.value,
-                    created_at: Some(rfc3339(v.created_at_ms)),
-                }),
-                capacity,
-            ))
+            let out = SecretOut {
+                path: v.path.as_str(),
+                version: Some(v.version.get()),
+                value: &v.value,
+                created_at: Some(rfc3339(v.created_at_ms)),
+            };
+            Ok(json_response_with(StatusCode::OK, capacity, |buf| {
+                out.write_json(buf)
+            }))
         }
     }
 }
@@ -676,4 +699,38 @@ pub fn method_not_allowed(allow: HeaderValue) -> Response {
 
 pub async fn route_not_found() -> Error {
     Error::RouteNotFound
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_value_body_is_what_serde_writes() {
+        let created = rfc3339(1_764_000_000_123);
+        for (path, version, value, created_at) in [
+            ("tfy-secret/a", Some(7), "v", Some(created.clone())),
+            (
+                "tfy-secret/a",
+                Some(u64::MAX),
+                "quo\"te\\ \n\u{1} é",
+                Some(created),
+            ),
+            (ROOT, None, "", None),
+        ] {
+            let out = SecretOut {
+                path,
+                version,
+                value,
+                created_at,
+            };
+            let mut buf = WipedBuf::with_capacity(1);
+            out.write_json(&mut buf).unwrap();
+            assert_eq!(
+                std::str::from_utf8(buf.as_ref()).unwrap(),
+                serde_json::to_string(&ReadOut::Value(out)).unwrap()
+            );
+        }
+    }
 }
