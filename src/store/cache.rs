@@ -7,7 +7,9 @@
 //!
 //! * the writer thread drops a path's entry after every commit (or failed
 //!   commit) touching that path and *before* anyone is told the write
-//!   finished, so an acknowledged PUT or DELETE is seen by every later read;
+//!   finished, so an acknowledged PUT or DELETE is seen by every later read
+//!   (a committed PUT instead installs the row it wrote as the newest: what
+//!   the database now answers);
 //! * a reader that missed notes its shard's epoch before reading the
 //!   database and inserts what it read only if no write to that shard
 //!   happened meanwhile, so a read that raced a write never installs the
@@ -35,6 +37,22 @@ struct PathEntry {
 impl PathEntry {
     fn bytes(&self) -> usize {
         self.latest.iter().chain(&self.versions).map(cost).sum()
+    }
+
+    /// Remembers a specific version (unless already held), dropping the
+    /// oldest remembered one beyond [`VERSIONS_PER_PATH`].
+    fn keep_version(&mut self, row: StoredVersion) {
+        let already = self
+            .latest
+            .as_ref()
+            .is_some_and(|l| l.version == row.version)
+            || self.versions.iter().any(|x| x.version == row.version);
+        if !already {
+            if self.versions.len() >= VERSIONS_PER_PATH {
+                self.versions.remove(0);
+            }
+            self.versions.push(row);
+        }
     }
 }
 
@@ -129,25 +147,35 @@ impl ReadCache {
         if shard.epoch != ticket.epoch {
             return;
         }
-        let shard = &mut *shard;
-        let entry = shard.map.entry(path.as_str().into()).or_default();
-        let before = entry.bytes();
-        match version {
+        self.update(&mut shard, path.as_str(), |entry| match version {
             None => entry.latest = Some(row.clone()),
-            Some(_) => {
-                let already = entry
-                    .latest
-                    .as_ref()
-                    .is_some_and(|l| l.version == row.version)
-                    || entry.versions.iter().any(|x| x.version == row.version);
-                if !already {
-                    if entry.versions.len() >= VERSIONS_PER_PATH {
-                        entry.versions.remove(0);
-                    }
-                    entry.versions.push(row.clone());
-                }
+            Some(_) => entry.keep_version(row.clone()),
+        });
+    }
+
+    /// Makes `row` the newest version of `path`: a write just committed it.
+    /// Called by the writer in place of [`ReadCache::invalidate`], before
+    /// the write is acknowledged. Specific versions already cached stay (a
+    /// new version changes no older one); the previous newest is dropped:
+    /// only reads fill the cache with older versions.
+    pub fn install_latest(&self, path: &str, row: &StoredVersion) {
+        let mut shard = self.lock(shard_of(path));
+        shard.epoch += 1;
+        if self.max_shard_bytes == 0 || cost(row) > self.max_shard_bytes / 4 {
+            if let Some(e) = shard.map.remove(path) {
+                shard.bytes -= e.bytes();
             }
+            return;
         }
+        self.update(&mut shard, path, |entry| entry.latest = Some(row.clone()));
+    }
+
+    /// Applies `change` to `path`'s entry (created if missing), then keeps
+    /// the shard within its byte budget.
+    fn update(&self, shard: &mut Shard, path: &str, change: impl FnOnce(&mut PathEntry)) {
+        let entry = shard.map.entry(path.into()).or_default();
+        let before = entry.bytes();
+        change(entry);
         let after = entry.bytes();
         shard.bytes = shard.bytes + after - before;
         while shard.bytes > self.max_shard_bytes {
@@ -211,6 +239,42 @@ mod tests {
         assert_eq!(c.get(&a, None).unwrap().version.as_i64(), 2);
         c.invalidate(a.as_str());
         assert!(c.get(&a, None).is_err());
+    }
+
+    #[test]
+    fn a_committed_write_becomes_the_newest_and_older_versions_stay() {
+        let c = ReadCache::new(1 << 20);
+        let a = p("tfy-secret/a");
+        let v = |n| Some(Version::new(n).unwrap());
+        let t = c.get(&a, None).unwrap_err();
+        c.insert(t, &a, None, &row(3, 3));
+        let t = c.get(&a, v(1)).unwrap_err();
+        c.insert(t, &a, v(1), &row(1, 1));
+        // a reader that missed before the write committed
+        let racing = c.get(&a, v(9)).unwrap_err();
+        c.install_latest(a.as_str(), &row(4, 4));
+        let newest = c.get(&a, None).unwrap();
+        assert_eq!((newest.version, newest.envelope[0]), (v(4).unwrap(), 4));
+        assert_eq!(c.get(&a, v(4)).unwrap().envelope[0], 4);
+        let older = c.get(&a, v(1)).unwrap();
+        assert_eq!(older.envelope[0], 1, "older version lost");
+        assert!(c.get(&a, v(3)).is_err(), "the previous newest is not kept");
+        c.insert(racing, &a, None, &row(3, 3));
+        let newest = c.get(&a, None).unwrap();
+        assert_eq!(newest.version, v(4).unwrap(), "stale row installed");
+        // a path not cached before gets an entry
+        let b = p("tfy-secret/b");
+        c.install_latest(b.as_str(), &row(5, 5));
+        assert_eq!(c.get(&b, None).unwrap().version, v(5).unwrap());
+        let total: usize = (0..SHARDS).map(|i| c.lock(i).bytes).sum();
+        let counted: usize = (0..SHARDS)
+            .map(|i| c.lock(i).map.values().map(PathEntry::bytes).sum::<usize>())
+            .sum();
+        assert_eq!((total, counted), (3 * (100 + 64), total), "byte accounting");
+        // a disabled cache installs nothing
+        let off = ReadCache::new(0);
+        off.install_latest(a.as_str(), &row(4, 4));
+        assert!(off.get(&a, None).is_err());
     }
 
     #[test]

@@ -91,9 +91,16 @@ impl Work {
 /// Read-cache entries a write makes stale.
 enum Invalidate {
     Nothing,
-    Path(Box<str>),
+    /// The path's entry. If `fresh` was filled (a PUT whose savepoint was
+    /// released) and the batch commits, the writer installs that row as the
+    /// path's newest instead of dropping the entry, so reading back a write
+    /// does not go to the database.
+    Path(Box<str>, Option<Fresh>),
     All,
 }
+
+/// The row a PUT wrote, for the read cache; filled in the writer thread.
+type Fresh = Arc<std::sync::OnceLock<StoredVersion>>;
 
 type RunJob = Box<dyn FnOnce(Option<&Connection>) -> Answer + Send>;
 
@@ -183,7 +190,7 @@ impl Unsynced {
             for c in changes {
                 match c {
                     Invalidate::Nothing => {}
-                    Invalidate::Path(p) => {
+                    Invalidate::Path(p, _) => {
                         paths.insert(p.clone(), seq);
                     }
                     Invalidate::All => self.everything.store(seq, Ordering::SeqCst),
@@ -325,11 +332,18 @@ struct WriterState {
     truncate_pending: bool,
 }
 
-fn forget(cache: &ReadCache, stale: &[Invalidate]) {
+/// Brings the read cache up to date with a batch that ended: a committed
+/// PUT's row becomes its path's newest, anything else is forgotten.
+fn forget(cache: &ReadCache, stale: &[Invalidate], committed: bool) {
     for inv in stale {
         match inv {
             Invalidate::Nothing => {}
-            Invalidate::Path(p) => cache.invalidate(p),
+            Invalidate::Path(p, fresh) => {
+                match fresh.as_ref().and_then(|f| f.get()).filter(|_| committed) {
+                    Some(row) => cache.install_latest(p, row),
+                    None => cache.invalidate(p),
+                }
+            }
             Invalidate::All => cache.clear(),
         }
     }
@@ -364,7 +378,7 @@ fn run_batch(
         Err(e) => {
             // A batch that cannot begin fails every job in it.
             let err = Err(e);
-            forget(&shared.cache, &stale);
+            forget(&shared.cache, &stale, false);
             for job in batch.drain(..) {
                 job.work.refused()(&err);
             }
@@ -408,7 +422,12 @@ fn run_batch(
         }
     }
     fail::fail_point!("sqlite-before-commit");
-    let commit = tx.commit().map_err(|e| e.to_string());
+    let commit = if commit_fails(&stale) {
+        drop(tx); // rolls back
+        Err("injected commit failure (fail point sqlite-commit-fails)".to_owned())
+    } else {
+        tx.commit().map_err(|e| e.to_string())
+    };
     match &commit {
         Ok(()) => {
             shared.commits.fetch_add(1, Ordering::Relaxed);
@@ -427,7 +446,7 @@ fn run_batch(
     fail::fail_point!("sqlite-after-commit");
     // Whatever happened to the batch, its paths are forgotten before any
     // job is answered (a failed commit only costs a re-read).
-    forget(&shared.cache, &stale);
+    forget(&shared.cache, &stale, commit.is_ok());
     for a in now {
         a(&commit);
     }
@@ -483,6 +502,19 @@ fn syncer_loop(wal: &Path, rx: &std::sync::mpsc::Receiver<SyncJob>, shared: &Sha
             }
         }
     }
+}
+
+/// Whether a test wants this batch's commit to fail: the fail point
+/// `sqlite-commit-fails=return(PATH)` fails every batch writing PATH.
+fn commit_fails(stale: &[Invalidate]) -> bool {
+    fail::eval("sqlite-commit-fails", |path| {
+        path.is_some_and(|path| {
+            stale
+                .iter()
+                .any(|inv| matches!(inv, Invalidate::Path(p, _) if **p == *path))
+        })
+    })
+    .unwrap_or(false)
 }
 
 /// fdatasync; a test can make it fail (`sqlite-sync-fails`).
@@ -727,7 +759,7 @@ impl SqliteStore {
         path: &SecretPath,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let inv = Invalidate::Path(path.as_str().into());
+        let inv = Invalidate::Path(path.as_str().into(), None);
         self.enqueue(destroys, true, inv, f).await
     }
 
@@ -738,9 +770,24 @@ impl SqliteStore {
         invalidates: Invalidate,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.enqueue_then(destroys, needs_sync, invalidates, f, |t| t)
+            .await
+    }
+
+    /// `enqueue`, where `released` turns `f`'s result into the caller's
+    /// once its savepoint is released (in the writer thread, before the
+    /// batch commits).
+    async fn enqueue_then<T, R: Send + 'static>(
+        &self,
+        destroys: bool,
+        needs_sync: bool,
+        invalidates: Invalidate,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        released: impl FnOnce(T) -> R + Send + 'static,
+    ) -> Result<R, StoreError> {
         let (tx, rx) = oneshot::channel();
         let run = Box::new(move |c: Option<&Connection>| match c {
-            Some(c) => answer(tx, scoped(c, f)),
+            Some(c) => answer(tx, scoped(c, f).map(released)),
             None => answer(
                 tx,
                 Err(StoreError::Backend("could not begin transaction".into())),
@@ -870,7 +917,7 @@ fn put_row(
     mode: PutMode,
     ctx: WriteCtx,
     key: &AuditKey,
-) -> Result<Version, StoreError> {
+) -> Result<StoredVersion, StoreError> {
     seal.check_newest(newest_generation(c)?)?;
     if mode == PutMode::ExistingOnly && !has_live_version(c, path)? {
         return Err(StoreError::NoLiveVersion);
@@ -884,15 +931,19 @@ fn put_row(
         )?
         .query_row(params![path.as_str(), now], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let version = db_version(path, last)?;
-    let envelope = seal.seal(version)?;
+    let envelope: Arc<[u8]> = seal.seal(version)?.into();
     c.prepare_cached(
         "INSERT INTO versions (secret_id, version, envelope, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![id, version.as_i64(), envelope, now, ctx.actor])?;
+    .execute(params![id, version.as_i64(), &*envelope, now, ctx.actor])?;
     let mut record = ctx.audit;
     record.version = Some(version.as_i64());
     append_audit_rows(c, key, vec![record])?;
-    Ok(version)
+    Ok(StoredVersion {
+        version,
+        envelope,
+        created_at_ms: now,
+    })
 }
 
 fn delete_rows(
@@ -1190,11 +1241,16 @@ impl Store for SqliteStore {
         let key = self.key();
         Box::pin(async move {
             let key = key?;
-            let p = path.clone();
-            self.write_path(false, &p, move |c| {
-                put_row(c, &path, &seal, mode, ctx, &key)
-            })
-            .await
+            let fresh = Fresh::default();
+            let inv = Invalidate::Path(path.as_str().into(), Some(Arc::clone(&fresh)));
+            let put = move |c: &Connection| put_row(c, &path, &seal, mode, ctx, &key);
+            let keep = move |row: StoredVersion| {
+                let version = row.version;
+                // Set once: this job is its only writer.
+                let _ = fresh.set(row);
+                version
+            };
+            self.enqueue_then(false, true, inv, put, keep).await
         })
     }
 

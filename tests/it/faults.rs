@@ -1017,6 +1017,44 @@ async fn a_failed_sync_fails_every_later_write() {
     assert!(!String::from_utf8_lossy(&read.body).contains("lost"));
 }
 
+/// A write whose batch fails to commit is never read back, also when the
+/// path was cached: the read cache takes a PUT's row as the newest only
+/// once its commit succeeded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_whose_commit_failed_is_never_read_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = "tfy-secret/commit/a";
+    let p = restarted_with_failpoints(
+        dir.path(),
+        &[(path, "kept"), ("tfy-secret/commit/b", "other")],
+        &format!("sqlite-commit-fails=return({path})"),
+    )
+    .await;
+    let c = p.client(KEY);
+    let read = c.get(path, None).await;
+    assert_eq!(
+        (read.status, read.json()["value"].clone()),
+        (200, json!("kept"))
+    );
+    let put = c.put(path, "lost").await;
+    assert!(put.status >= 500, "{}", put.status);
+    for _ in 0..2 {
+        let read = c.get(path, None).await;
+        let v = read.json();
+        assert_eq!(read.status, 200, "{v}");
+        assert_eq!(
+            (&v["value"], &v["version"]),
+            (&json!("kept"), &json!(1)),
+            "{v}"
+        );
+        assert_eq!(c.get(path, Some("2")).await.status, 404);
+    }
+    // other paths commit as usual, and are read back
+    c.put_ok("tfy-secret/commit/b", "changed").await;
+    let read = c.get("tfy-secret/commit/b", None).await;
+    assert_eq!(read.json()["value"], "changed");
+}
+
 /// Start-up refuses a database that would commit without syncing the WAL.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_refuses_synchronous_normal() {
