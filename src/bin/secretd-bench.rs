@@ -9,6 +9,10 @@
 //! GET /secrets with a fixed body after the same API-key check and nothing
 //! else. Every figure is reported as requests per second and as a ratio to
 //! the ceiling, with p50/p99/p99.9 latency and the server's peak RSS.
+//! The ceiling is measured in full first, then again for a quarter of the
+//! workload time after every workload; each ratio divides by the mean of
+//! the ceilings measured just before and just after it, since a shared
+//! machine's speed drifts by a tenth within minutes.
 //! Results go to `<out>/results.json`, `<out>/results.md` and, when Python
 //! with matplotlib is available, `<out>/chart.png` (bench/chart.py).
 //!
@@ -497,7 +501,8 @@ fn row(name: &str, m: &Measured, ceiling_rps: f64, rss: f64) -> Value {
         "requests": m.requests,
         "errors": m.errors,
         "rps": m.rps.round(),
-        "ratio_to_ceiling": (m.rps / ceiling_rps * 1000.0).round() / 1000.0,
+        "ratio_to_ceiling": ratio(m.rps, ceiling_rps),
+        "ceiling_rps": ceiling_rps.round(),
         "p50_ms": m.p50_ms,
         "p99_ms": m.p99_ms,
         "p999_ms": m.p999_ms,
@@ -505,6 +510,43 @@ fn row(name: &str, m: &Measured, ceiling_rps: f64, rss: f64) -> Value {
         "server_cpu_us_per_req": m.cpu_us_per_req,
         "client_cpu_us_per_req": m.client_cpu_us_per_req,
     })
+}
+
+/// `rps` as a share of `ceiling_rps`, to three places.
+fn ratio(rps: f64, ceiling_rps: f64) -> f64 {
+    (rps / ceiling_rps * 1000.0).round() / 1000.0
+}
+
+/// The ceiling server, running for the whole benchmark, and the throughput
+/// it showed at its last measurement.
+struct Ceiling {
+    server: Server,
+    last_rps: f64,
+    /// Every short re-measurement, in order (for results.json).
+    checks: Vec<f64>,
+}
+
+impl Ceiling {
+    /// Measures the ceiling again for `secs` and returns the ceiling to
+    /// divide the workload just run by: the mean of the measurements before
+    /// and after it.
+    async fn around_last(&mut self, key: &str, args: &Args, secs: f64) -> anyhow::Result<f64> {
+        let m = drive(
+            self.server.child.id(),
+            self.server.addr,
+            key,
+            Workload::GetLatest,
+            args.secrets,
+            1,
+            args.concurrency,
+            secs,
+        )
+        .await?;
+        let reference = (self.last_rps + m.rps) / 2.0;
+        self.last_rps = m.rps;
+        self.checks.push(m.rps.round());
+        Ok(reference)
+    }
 }
 
 async fn run(mut args: Args) -> anyhow::Result<()> {
@@ -555,7 +597,12 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     )
     .await?;
     let ceiling_rss = peak_rss_mib(ceiling_server.child.id());
-    drop(ceiling_server);
+    let mut ceiling = Ceiling {
+        server: ceiling_server,
+        last_rps: ceil.rps,
+        checks: Vec::new(),
+    };
+    let check_secs = (args.seconds / 4.0).max(0.25);
     eprintln!(
         "ceiling: {:.0} req/s, p99 {:.2} ms, server CPU {:.1} us/req, load generator CPU {:.1} us/req",
         ceil.rps, ceil.p99_ms, ceil.cpu_us_per_req, ceil.client_cpu_us_per_req
@@ -620,11 +667,12 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             )
             .await?;
             let rss = peak_rss_mib(pid);
+            let around = ceiling.around_last(key, &args, check_secs).await?;
             eprintln!(
-                "{n} secrets, {}: {:.0} req/s ({:.2} of ceiling), p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} errors, peak RSS {:.1} MiB, server CPU {:.1} us/req, load generator CPU {:.1} us/req",
+                "{n} secrets, {}: {:.0} req/s ({:.2} of the ceiling's {around:.0} around it), p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} errors, peak RSS {:.1} MiB, server CPU {:.1} us/req, load generator CPU {:.1} us/req",
                 w.name(),
                 m.rps,
-                m.rps / ceil.rps,
+                m.rps / around,
                 m.p50_ms,
                 m.p99_ms,
                 m.p999_ms,
@@ -635,14 +683,14 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             );
             if w == Workload::GetLatest {
                 by_size.push(json!({
-                    "secrets": n, "rps": m.rps.round(), "ratio_to_ceiling": (m.rps / ceil.rps * 1000.0).round() / 1000.0,
+                    "secrets": n, "rps": m.rps.round(), "ratio_to_ceiling": ratio(m.rps, around), "ceiling_rps": around.round(),
                     "p50_ms": m.p50_ms, "p99_ms": m.p99_ms, "peak_rss_mib": (rss * 10.0).round() / 10.0,
                     "server_cpu_us_per_req": m.cpu_us_per_req,
                     "startup_to_ready_ms": ready.as_millis(),
                 }));
             }
             if n == args.secrets {
-                rows.push(row(w.name(), &m, ceil.rps, rss));
+                rows.push(row(w.name(), &m, around, rss));
                 startup = json!(ready.as_millis());
             }
         }
@@ -662,6 +710,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         "startup_to_ready_ms": startup,
         "workloads": rows,
         "by_store_size": by_size,
+        "ceiling_rechecks_rps": ceiling.checks,
     });
     std::fs::write(
         args.out.join("results.json"),
@@ -669,15 +718,16 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     )?;
     let mut md = format!(
         "Backend {backend}, {} secrets x {} versions, concurrency {}, {} s per workload, {} cores, encryption and audit on.\n\n\
-         | workload | req/s | ratio to ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB | server CPU µs/req | load generator CPU µs/req |\n|---|---|---|---|---|---|---|---|---|---|\n",
+         | workload | req/s | ratio to ceiling | ceiling req/s around it | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB | server CPU µs/req | load generator CPU µs/req |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
         args.secrets, args.versions, args.concurrency, args.seconds, result["cores"]
     );
     for r in result["workloads"].as_array().into_iter().flatten() {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r["workload"].as_str().unwrap_or(""),
             r["rps"],
             r["ratio_to_ceiling"],
+            r["ceiling_rps"],
             r["p50_ms"],
             r["p99_ms"],
             r["p999_ms"],

@@ -50,12 +50,22 @@ fn benchmark_runs_end_to_end() {
             "{r}"
         );
         assert!(r["peak_rss_mib"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+        // each ratio is to the ceiling measured around that workload
+        let (rps, ceiling) = (r["rps"].as_f64(), r["ceiling_rps"].as_f64());
+        let (rps, ceiling) = (rps.expect("rps"), ceiling.expect("ceiling_rps"));
+        assert!(ceiling > 0.0, "{r}");
+        let ratio = r["ratio_to_ceiling"].as_f64().expect("ratio");
+        assert!((ratio - rps / ceiling).abs() < 0.01, "{r}");
         assert!(
             r["client_cpu_us_per_req"].as_f64().is_some_and(|x| x > 0.0),
             "{r}"
         );
     }
     assert_eq!(res["by_store_size"].as_array().map(Vec::len), Some(2));
+    // re-measured after each of the 5 workload runs (4 + GET at 50 secrets)
+    let checks = res["ceiling_rechecks_rps"].as_array().expect("rechecks");
+    assert_eq!(checks.len(), 5, "{checks:?}");
+    assert!(checks.iter().all(|c| c.as_f64().is_some_and(|x| x > 0.0)));
     let md = std::fs::read_to_string(out_dir.path().join("results.md")).expect("results.md");
     assert!(md.contains("| get_latest |"));
 }
