@@ -123,6 +123,16 @@ pub struct StoredVersion {
     pub created_at_ms: i64,
 }
 
+/// The versions a statement looks at: exactly `version`, or all of them.
+/// Both backends' point reads and deletes bound `(secret_id, version)` by
+/// this range, which their indexes seek to directly, also under a generic
+/// plan; `version IS NULL OR version = x` would walk every version of the
+/// secret instead (at 75 versions an embedded GET by version took 17 µs
+/// instead of 8).
+pub(crate) fn version_range(version: Option<Version>) -> (i64, i64) {
+    version.map_or((1, i64::MAX), |v| (v.as_i64(), v.as_i64()))
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     let d = std::time::SystemTime::now()

@@ -48,7 +48,7 @@ use tokio_postgres::error::SqlState;
 
 use super::{
     BoxFuture, Dump, KeyRow, ListItem, PutMode, Sealer, SecretRow, Store, StoreError,
-    StoredVersion, TokenRow, VersionMeta, VersionRow, WriteCtx, db_version, now_ms,
+    StoredVersion, TokenRow, VersionMeta, VersionRow, WriteCtx, db_version, now_ms, version_range,
 };
 use crate::audit::{self, AuditRecord, ChainedRecord};
 use crate::crypto::AuditKey;
@@ -848,13 +848,6 @@ async fn begin(
         .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
         .start()
         .await
-}
-
-/// The versions a statement looks at: exactly `version`, or all of them. A
-/// range the `(secret_id, version)` index bounds in both cases, also under
-/// a generic plan (`$n IS NULL OR version = $n` is not).
-fn version_range(version: Option<Version>) -> (i64, i64) {
-    version.map_or((1, i64::MAX), |v| (v.as_i64(), v.as_i64()))
 }
 
 /// `first` and the jobs queued behind it, at most `max` in all: the next

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::cache::ReadCache;
 use super::{
     BoxFuture, Dump, KeyRow, ListItem, PutMode, Sealer, SecretRow, Store, StoreError,
-    StoredVersion, TokenRow, VersionMeta, VersionRow, WriteCtx, db_version, now_ms,
+    StoredVersion, TokenRow, VersionMeta, VersionRow, WriteCtx, db_version, now_ms, version_range,
 };
 use crate::audit::{self, AuditRecord, ChainedRecord};
 use crate::crypto::AuditKey;
@@ -946,6 +946,19 @@ fn put_row(
     })
 }
 
+/// Tombstones the live versions of a path within a [`version_range`].
+const DELETE_ROWS: &str = "UPDATE versions SET envelope = NULL, deleted_at = ?1
+     WHERE secret_id = (SELECT id FROM secrets WHERE path = ?2)
+       AND version BETWEEN ?3 AND ?4
+       AND deleted_at IS NULL
+     RETURNING version";
+
+/// The newest live version of a path within a [`version_range`].
+const GET_ROW: &str = "SELECT v.version, v.envelope, v.created_at
+     FROM secrets s JOIN versions v ON v.secret_id = s.id
+     WHERE s.path = ?1 AND v.version BETWEEN ?2 AND ?3 AND v.envelope IS NOT NULL
+     ORDER BY v.version DESC LIMIT 1";
+
 fn delete_rows(
     c: &Connection,
     path: &SecretPath,
@@ -954,17 +967,9 @@ fn delete_rows(
     key: &AuditKey,
 ) -> Result<Vec<Version>, StoreError> {
     let now = now_ms();
-    let mut stmt = c.prepare_cached(
-        "UPDATE versions SET envelope = NULL, deleted_at = ?1
-         WHERE secret_id = (SELECT id FROM secrets WHERE path = ?2)
-           AND (?3 IS NULL OR version = ?3)
-           AND deleted_at IS NULL
-         RETURNING version",
-    )?;
-    let rows = stmt.query_map(
-        params![now, path.as_str(), version.map(Version::as_i64)],
-        |r| r.get::<_, i64>(0),
-    )?;
+    let mut stmt = c.prepare_cached(DELETE_ROWS)?;
+    let (lo, hi) = version_range(version);
+    let rows = stmt.query_map(params![now, path.as_str(), lo, hi], |r| r.get::<_, i64>(0))?;
     let mut out = Vec::new();
     for v in rows {
         out.push(db_version(path, v?)?);
@@ -1269,15 +1274,10 @@ impl Store for SqliteStore {
             Err(ticket) => ticket,
         };
         let out = self.read_now(|c| {
+            let (lo, hi) = version_range(version);
             let row: Option<(i64, Arc<[u8]>, i64)> = c
-                .prepare_cached(
-                    "SELECT v.version, v.envelope, v.created_at
-                     FROM secrets s JOIN versions v ON v.secret_id = s.id
-                     WHERE s.path = ?1 AND v.envelope IS NOT NULL
-                       AND (?2 IS NULL OR v.version = ?2)
-                     ORDER BY v.version DESC LIMIT 1",
-                )?
-                .query_row(params![path.as_str(), version.map(Version::as_i64)], |r| {
+                .prepare_cached(GET_ROW)?
+                .query_row(params![path.as_str(), lo, hi], |r| {
                     Ok((r.get(0)?, r.get_ref(1)?.as_blob()?.into(), r.get(2)?))
                 })
                 .optional()?;
@@ -1688,6 +1688,31 @@ mod tests {
         WriteCtx {
             actor: "test".into(),
             audit: crate::service::RequestCtx::operator().record("secret.write", None, None, 200),
+        }
+    }
+
+    /// Point reads and deletes seek the `(secret_id, version)` index to
+    /// the version range: they never walk a secret's other versions.
+    #[test]
+    fn point_statements_seek_the_version_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let c = store.readers.lock().unwrap().pop().unwrap();
+        for sql in [GET_ROW, DELETE_ROWS] {
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let unbound = vec![rusqlite::types::Null; st.parameter_count()];
+            let plan: Vec<String> = st
+                .query_map(rusqlite::params_from_iter(unbound), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .any(|p| p.contains("(secret_id=? AND version>? AND version<?)")),
+                "{sql}: {plan:?}"
+            );
         }
     }
 
