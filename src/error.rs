@@ -439,12 +439,19 @@ mod tests {
             "line\nbreak\ttab\r\u{8}\u{c}".into(),
             "\u{0}\u{1}\u{1f} \u{7f} é 🔑 </script>".into(),
         ];
-        // Every escaped byte at every position of a block, and the tail.
-        for at in [0, 1, 31, 32, 33, 63, 64, 70] {
-            for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', '\u{7f}', 'ß'] {
-                let mut v: String = "x".repeat(71);
-                v.replace_range(at..=at, &special.to_string());
-                cases.push(v);
+        // Every ASCII character and a few multi-byte ones at every position
+        // of strings around the 32-byte block edges.
+        let mut specials: Vec<char> = (0u8..0x80).map(char::from).collect();
+        specials.extend([
+            'é', 'ß', '€', '🔑', '\u{2028}', '\u{2029}', '\u{feff}', '\u{ffff}',
+        ]);
+        for len in [1, 2, 31, 32, 33, 63, 64, 65, 97] {
+            for at in 0..len {
+                for &special in &specials {
+                    let mut v: String = "x".repeat(len);
+                    v.replace_range(at..=at, &special.to_string());
+                    cases.push(v);
+                }
             }
         }
         for v in cases {

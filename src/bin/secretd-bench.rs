@@ -10,9 +10,11 @@
 //! else. Every figure is reported as requests per second and as a ratio to
 //! the ceiling, with p50/p99/p99.9 latency and the server's peak RSS.
 //! The ceiling is measured in full first, then again for a quarter of the
-//! workload time after every workload; each ratio divides by the mean of
-//! the ceilings measured just before and just after it, since a shared
-//! machine's speed drifts by a tenth within minutes.
+//! workload time before each store size's first workload (after its
+//! preload) and after every workload, each time once the secretd under
+//! test has gone idle; each ratio divides by the mean of the ceilings
+//! measured just before and just after it, since a shared machine's speed
+//! drifts by a tenth within minutes.
 //! Results go to `<out>/results.json`, `<out>/results.md` and, when Python
 //! with matplotlib is available, `<out>/chart.png` (bench/chart.py).
 //!
@@ -527,10 +529,16 @@ struct Ceiling {
 }
 
 impl Ceiling {
-    /// Measures the ceiling again for `secs` and returns the ceiling to
-    /// divide the workload just run by: the mean of the measurements before
-    /// and after it.
-    async fn around_last(&mut self, key: &str, args: &Args, secs: f64) -> anyhow::Result<f64> {
+    /// Measures the ceiling again for `secs`, once `busy` (the secretd
+    /// under test, finishing a checkpoint or a sync) has gone idle.
+    async fn measure(
+        &mut self,
+        busy: u32,
+        key: &str,
+        args: &Args,
+        secs: f64,
+    ) -> anyhow::Result<f64> {
+        wait_idle(busy).await;
         let m = drive(
             self.server.child.id(),
             self.server.addr,
@@ -542,10 +550,36 @@ impl Ceiling {
             secs,
         )
         .await?;
-        let reference = (self.last_rps + m.rps) / 2.0;
-        self.last_rps = m.rps;
         self.checks.push(m.rps.round());
+        Ok(m.rps)
+    }
+
+    /// The ceiling to divide the workload just run by: the mean of the
+    /// measurements before and after it.
+    async fn around_last(
+        &mut self,
+        busy: u32,
+        key: &str,
+        args: &Args,
+        secs: f64,
+    ) -> anyhow::Result<f64> {
+        let after = self.measure(busy, key, args, secs).await?;
+        let reference = (self.last_rps + after) / 2.0;
+        self.last_rps = after;
         Ok(reference)
+    }
+}
+
+/// Waits (at most 5 s) until process `pid` used no CPU for 100 ms.
+async fn wait_idle(pid: u32) {
+    let mut before = cpu_seconds(pid);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = cpu_seconds(pid);
+        if now == before {
+            return;
+        }
+        before = now;
     }
 }
 
@@ -645,6 +679,9 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         wait_ready(server.addr).await?;
         let ready = server.ready_after;
         let pid = server.child.id();
+        // The ceiling just before this size's first workload: the preload
+        // and the start-up have run since the last measurement.
+        ceiling.last_rps = ceiling.measure(pid, key, &args, check_secs).await?;
         let workloads: &[Workload] = if n == args.secrets {
             if args.workloads.is_empty() {
                 &ALL_WORKLOADS
@@ -667,7 +704,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             )
             .await?;
             let rss = peak_rss_mib(pid);
-            let around = ceiling.around_last(key, &args, check_secs).await?;
+            let around = ceiling.around_last(pid, key, &args, check_secs).await?;
             eprintln!(
                 "{n} secrets, {}: {:.0} req/s ({:.2} of the ceiling's {around:.0} around it), p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} errors, peak RSS {:.1} MiB, server CPU {:.1} us/req, load generator CPU {:.1} us/req",
                 w.name(),
@@ -738,13 +775,14 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         ));
     }
     if by_size.len() > 1 {
-        md.push_str("\n| secrets | GET latest req/s | ratio | p50 ms | p99 ms | peak RSS MiB | start-up to ready ms |\n|---|---|---|---|---|---|---|\n");
+        md.push_str("\n| secrets | GET latest req/s | ratio | ceiling req/s around it | p50 ms | p99 ms | peak RSS MiB | start-up to ready ms |\n|---|---|---|---|---|---|---|---|\n");
         for r in &by_size {
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r["secrets"],
                 r["rps"],
                 r["ratio_to_ceiling"],
+                r["ceiling_rps"],
                 r["p50_ms"],
                 r["p99_ms"],
                 r["peak_rss_mib"],

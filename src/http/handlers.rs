@@ -56,15 +56,22 @@ impl SecretOut<'_> {
     /// most of the response).
     fn write_json(&self, buf: &mut WipedBuf) -> serde_json::Result<()> {
         use std::io::Write as _;
+        // Every field named: a new one does not compile until written here.
+        let SecretOut {
+            path,
+            version,
+            value,
+            created_at,
+        } = self;
         let io = serde_json::Error::io;
         buf.write_all(br#"{"path":"#).map_err(io)?;
-        write_json_str(buf, self.path)?;
-        if let Some(v) = self.version {
+        write_json_str(buf, path)?;
+        if let Some(v) = version {
             write!(buf, r#","version":{v}"#).map_err(io)?;
         }
         buf.write_all(br#","value":"#).map_err(io)?;
-        write_json_str(buf, self.value)?;
-        if let Some(t) = &self.created_at {
+        write_json_str(buf, value)?;
+        if let Some(t) = created_at {
             buf.write_all(br#","created_at":"#).map_err(io)?;
             write_json_str(buf, t)?;
         }

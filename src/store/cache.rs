@@ -62,7 +62,8 @@ fn cost(v: &StoredVersion) -> usize {
 
 #[derive(Debug, Default)]
 struct Shard {
-    /// Bumped by every invalidation of a path in this shard.
+    /// Bumped by every write the writer applies to this shard (dropping or
+    /// installing a path's entry, or clearing).
     epoch: u64,
     bytes: usize,
     map: HashMap<Box<str>, PathEntry>,
