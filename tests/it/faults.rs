@@ -80,7 +80,8 @@ async fn try_send(
 }
 
 /// Opens the database read-only: `PRAGMA integrity_check`, and every
-/// secret has exactly the version rows 1..=last_version.
+/// secret has exactly the version rows 1..=newest, with the `secrets` row's
+/// `last_version` (a floor a PUT never rewrites) at most the newest.
 fn integrity_check(data: &Path) -> Result<(), String> {
     let db = rusqlite::Connection::open_with_flags(
         data.join("secretd.db"),
@@ -97,12 +98,14 @@ fn integrity_check(data: &Path) -> Result<(), String> {
     if rows != ["ok"] {
         return Err(format!("integrity_check: {rows:?}"));
     }
-    // every allocated version number has its row: 1..=last_version
+    // every allocated version number has its row: 1..=newest, and no
+    // secret row promises a version beyond its newest row
     let gaps: Vec<(String, i64, i64, i64)> = db
         .prepare(
             "SELECT s.path, s.last_version, COUNT(v.version), COALESCE(MAX(v.version), 0)
              FROM secrets s LEFT JOIN versions v ON v.secret_id = s.id GROUP BY s.id
-             HAVING COUNT(v.version) != s.last_version OR COALESCE(MAX(v.version), 0) != s.last_version",
+             HAVING COUNT(v.version) != COALESCE(MAX(v.version), 0)
+                 OR s.last_version > COALESCE(MAX(v.version), 0)",
         )
         .and_then(|mut s| {
             s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
