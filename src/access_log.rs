@@ -37,8 +37,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::audit::{self, AuditRecord, Chain, ChainedRecord};
 use crate::crypto::AuditKey;
 
@@ -100,16 +98,43 @@ struct State {
     broken: Option<String>,
 }
 
-/// One line as written: the shape of [`ChainedRecord`], borrowed.
-#[derive(Serialize)]
-struct Line<'a> {
-    seq: i64,
-    #[serde(flatten)]
-    record: &'a AuditRecord,
-    #[serde(serialize_with = "audit::hex")]
-    prev_hash: &'a [u8],
-    #[serde(serialize_with = "audit::hex")]
-    hash: &'a [u8],
+/// A record's line before its place in the chain is known: what the
+/// mutex-held part of [`AccessLog::append`] needs, prepared outside it.
+struct Prepared {
+    /// The record's JSON members (its object without the braces).
+    members: Vec<u8>,
+    /// The record's part of the hash input ([`audit::hash_tail`]).
+    tail: Vec<u8>,
+}
+
+impl Prepared {
+    fn of(r: &AuditRecord) -> Result<Self, AccessLogError> {
+        let mut members =
+            serde_json::to_vec(r).map_err(|e| AccessLogError::Encode(e.to_string()))?;
+        // `{...}` -> `...`: a struct always serializes as one object.
+        members.pop();
+        members.remove(0);
+        Ok(Prepared {
+            members,
+            tail: audit::hash_tail(r),
+        })
+    }
+
+    /// Appends the line of record `seq`, chained after `prev` with `hash`:
+    /// byte for byte the JSON of the [`ChainedRecord`], as `read` parses it.
+    fn write_line(&self, buf: &mut Vec<u8>, seq: i64, prev: &[u8], hash: &[u8]) {
+        buf.extend_from_slice(b"{\"seq\":");
+        buf.extend_from_slice(seq.to_string().as_bytes());
+        if !self.members.is_empty() {
+            buf.push(b',');
+            buf.extend_from_slice(&self.members);
+        }
+        buf.extend_from_slice(b",\"prev_hash\":\"");
+        buf.extend_from_slice(audit::to_hex(prev).as_bytes());
+        buf.extend_from_slice(b"\",\"hash\":\"");
+        buf.extend_from_slice(audit::to_hex(hash).as_bytes());
+        buf.extend_from_slice(b"\"}\n");
+    }
 }
 
 impl AccessLog {
@@ -184,7 +209,15 @@ impl AccessLog {
 
     /// Chains `records` after the head and writes them. `Ok` means they are
     /// in the file (the OS's page cache); an error means none of them is.
+    ///
+    /// Only the chaining (an HMAC per record) and the `write(2)` run under
+    /// the mutex; the JSON and the hash input are prepared before it, so
+    /// the two workers hand the lock over less often.
     pub fn append(&self, records: &[AuditRecord]) -> Result<(), AccessLogError> {
+        let prepared = records
+            .iter()
+            .map(Prepared::of)
+            .collect::<Result<Vec<_>, _>>()?;
         let mut st = self.state()?;
         if let Some(why) = &st.broken {
             return Err(AccessLogError::Broken(why.clone()));
@@ -198,20 +231,10 @@ impl AccessLog {
         } = &mut *st;
         buf.clear();
         let (mut next_seq, mut prev) = (*seq, *head);
-        for r in records {
+        for p in &prepared {
             next_seq += 1;
-            let hash = audit::chain_hash_in(Chain::Access, &self.key, &prev, next_seq, r);
-            serde_json::to_writer(
-                &mut *buf,
-                &Line {
-                    seq: next_seq,
-                    record: r,
-                    prev_hash: &prev,
-                    hash: &hash,
-                },
-            )
-            .map_err(|e| AccessLogError::Encode(e.to_string()))?;
-            buf.push(b'\n');
+            let hash = audit::chain_hash_tail(Chain::Access, &self.key, &prev, next_seq, &p.tail);
+            p.write_line(buf, next_seq, &prev, &hash);
             prev = hash;
         }
         let written = (|| {
@@ -553,6 +576,37 @@ mod tests {
             }
         }
         AccessLog::open(path, Arc::clone(key))
+    }
+
+    #[test]
+    fn prepared_lines_are_the_chained_records_json() {
+        let key = AuditKey::random().unwrap();
+        let mut prev = [7u8; 32];
+        for (i, r) in crate::audit::tests::varied_records().iter().enumerate() {
+            let seq = i64::try_from(i).unwrap() * 977 - 3;
+            let p = Prepared::of(r).unwrap();
+            let hash = audit::chain_hash_tail(Chain::Access, &key, &prev, seq, &p.tail);
+            assert_eq!(
+                hash,
+                audit::chain_hash_in(Chain::Access, &key, &prev, seq, r)
+            );
+            let mut line = Vec::new();
+            p.write_line(&mut line, seq, &prev, &hash);
+            let mut want = serde_json::to_vec(&ChainedRecord {
+                seq,
+                record: r.clone(),
+                prev_hash: prev.to_vec(),
+                hash: hash.to_vec(),
+            })
+            .unwrap();
+            want.push(b'\n');
+            assert_eq!(
+                String::from_utf8(line).unwrap(),
+                String::from_utf8(want).unwrap(),
+                "record {i}"
+            );
+            prev = hash;
+        }
     }
 
     #[test]

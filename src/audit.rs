@@ -122,44 +122,58 @@ pub fn chain_hash_in(
     seq: i64,
     r: &AuditRecord,
 ) -> [u8; 32] {
+    chain_hash_tail(chain, key, prev, seq, &hash_tail(r))
+}
+
+/// The hash of record `seq` of `chain`, chained after `prev`, from the
+/// record's [`hash_tail`] (which can be prepared before the chain's head
+/// is known).
+pub fn chain_hash_tail(
+    chain: Chain,
+    key: &AuditKey,
+    prev: &[u8],
+    seq: i64,
+    tail: &[u8],
+) -> [u8; 32] {
+    let mut head = Vec::with_capacity(96);
+    push_field(&mut head, chain.label());
+    push_field(&mut head, prev);
+    push_field(&mut head, &seq.to_be_bytes());
+    key.mac_parts(&[&head, tail])
+}
+
+/// The part of a record's hashed input that does not depend on its place
+/// in a chain: its fields in order, each length-prefixed, an optional one
+/// after a presence field (`1` or `0`).
+pub fn hash_tail(r: &AuditRecord) -> Vec<u8> {
     let mut h = Vec::with_capacity(256);
-    let mut field = |b: &[u8]| {
-        h.extend_from_slice(&(b.len() as u64).to_be_bytes());
-        h.extend_from_slice(b);
+    let optional = |h: &mut Vec<u8>, b: Option<&[u8]>| match b {
+        Some(b) => {
+            push_field(h, b"1");
+            push_field(h, b);
+        }
+        None => push_field(h, b"0"),
     };
-    field(chain.label());
-    field(prev);
-    field(&seq.to_be_bytes());
-    field(&r.time_ms.to_be_bytes());
-    field(r.request_id.as_bytes());
-    let opt = |s: &Option<String>| s.as_deref().map(str::as_bytes).map(<[u8]>::to_vec);
-    for o in [opt(&r.token_id), opt(&r.token_name), opt(&r.client)] {
-        match o {
-            Some(b) => {
-                field(b"1");
-                field(&b);
-            }
-            None => field(b"0"),
-        }
+    push_field(&mut h, &r.time_ms.to_be_bytes());
+    push_field(&mut h, r.request_id.as_bytes());
+    for o in [&r.token_id, &r.token_name, &r.client] {
+        optional(&mut h, o.as_deref().map(str::as_bytes));
     }
-    field(r.operation.as_bytes());
-    match &r.path {
-        Some(p) => {
-            field(b"1");
-            field(p.as_bytes());
-        }
-        None => field(b"0"),
-    }
-    match r.version {
-        Some(v) => {
-            field(b"1");
-            field(&v.to_be_bytes());
-        }
-        None => field(b"0"),
-    }
-    field(r.outcome.as_bytes());
-    field(&r.status.to_be_bytes());
-    key.mac(&h)
+    push_field(&mut h, r.operation.as_bytes());
+    optional(&mut h, r.path.as_deref().map(str::as_bytes));
+    optional(
+        &mut h,
+        r.version.map(i64::to_be_bytes).as_ref().map(|v| &v[..]),
+    );
+    push_field(&mut h, r.outcome.as_bytes());
+    push_field(&mut h, &r.status.to_be_bytes());
+    h
+}
+
+/// Appends one length-prefixed field of a hash input.
+fn push_field(h: &mut Vec<u8>, b: &[u8]) {
+    h.extend_from_slice(&(b.len() as u64).to_be_bytes());
+    h.extend_from_slice(b);
 }
 
 /// Chains `records` after the head `(seq, hash)` of the store's chain (use
@@ -289,9 +303,86 @@ pub(crate) mod tests {
         }
     }
 
+    /// Records with every combination of absent optional fields, and
+    /// strings JSON must escape.
+    pub(crate) fn varied_records() -> Vec<AuditRecord> {
+        (0..32u8)
+            .map(|mask| {
+                let mut r = rec(i64::from(mask) - 7);
+                let bit = |b: u8| mask & (1 << b) != 0;
+                if bit(0) {
+                    r.token_id = None;
+                }
+                if bit(1) {
+                    r.token_name = None;
+                }
+                if bit(2) {
+                    r.client = None;
+                }
+                if bit(3) {
+                    r.path = None;
+                }
+                if bit(4) {
+                    r.version = None;
+                    r.request_id = "ünïcode \"q\" \u{1}".into();
+                }
+                r
+            })
+            .collect()
+    }
+
     fn key() -> &'static AuditKey {
         static K: std::sync::OnceLock<AuditKey> = std::sync::OnceLock::new();
         K.get_or_init(|| crate::crypto::AuditKey::random().unwrap())
+    }
+
+    /// `chain_hash_in` as it was before the hash input was split in two:
+    /// the chains already on disk must keep verifying.
+    fn reference_chain_hash(
+        chain: Chain,
+        key: &AuditKey,
+        prev: &[u8],
+        seq: i64,
+        r: &AuditRecord,
+    ) -> [u8; 32] {
+        let mut h = Vec::with_capacity(256);
+        let mut field = |b: &[u8]| {
+            h.extend_from_slice(&(b.len() as u64).to_be_bytes());
+            h.extend_from_slice(b);
+        };
+        field(chain.label());
+        field(prev);
+        field(&seq.to_be_bytes());
+        field(&r.time_ms.to_be_bytes());
+        field(r.request_id.as_bytes());
+        let opt = |s: &Option<String>| s.as_deref().map(str::as_bytes).map(<[u8]>::to_vec);
+        for o in [opt(&r.token_id), opt(&r.token_name), opt(&r.client)] {
+            match o {
+                Some(b) => {
+                    field(b"1");
+                    field(&b);
+                }
+                None => field(b"0"),
+            }
+        }
+        field(r.operation.as_bytes());
+        match &r.path {
+            Some(p) => {
+                field(b"1");
+                field(p.as_bytes());
+            }
+            None => field(b"0"),
+        }
+        match r.version {
+            Some(v) => {
+                field(b"1");
+                field(&v.to_be_bytes());
+            }
+            None => field(b"0"),
+        }
+        field(r.outcome.as_bytes());
+        field(&r.status.to_be_bytes());
+        key.mac(&h)
     }
 
     fn verify(rs: &[ChainedRecord]) -> Result<i64, Broken> {
@@ -300,6 +391,22 @@ pub(crate) mod tests {
             v.feed(r)?;
         }
         Ok(v.count())
+    }
+
+    #[test]
+    fn the_split_hash_input_hashes_as_before() {
+        let cases = varied_records();
+        for (i, r) in cases.iter().enumerate() {
+            let prev = [u8::try_from(i).unwrap(); 32];
+            for chain in [Chain::Store, Chain::Access] {
+                let seq = i64::try_from(i).unwrap() * 1_000_003 - 5;
+                assert_eq!(
+                    chain_hash_in(chain, key(), &prev, seq, r),
+                    reference_chain_hash(chain, key(), &prev, seq, r),
+                    "case {i}"
+                );
+            }
+        }
     }
 
     #[test]

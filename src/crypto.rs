@@ -118,11 +118,14 @@ impl fmt::Debug for AuditKey {
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-fn hmac(key: &[u8], data: &[u8]) -> Result<[u8; 32], CryptoError> {
+/// HMAC-SHA256 of the concatenation of `parts`.
+fn hmac_parts(key: &[u8], parts: &[&[u8]]) -> Result<[u8; 32], CryptoError> {
     use hmac::Mac as _;
     let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(key)
         .map_err(|_| CryptoError::BadMasterKey)?;
-    m.update(data);
+    for p in parts {
+        m.update(p);
+    }
     Ok(m.finalize().into_bytes().into())
 }
 
@@ -137,8 +140,14 @@ impl AuditKey {
 
     /// HMAC-SHA256 of `data` under this key.
     pub fn mac(&self, data: &[u8]) -> [u8; 32] {
+        self.mac_parts(&[data])
+    }
+
+    /// HMAC-SHA256 of the concatenation of `parts` under this key, without
+    /// copying them together first.
+    pub fn mac_parts(&self, parts: &[&[u8]]) -> [u8; 32] {
         // A 32-byte key is always accepted by HMAC.
-        hmac(self.0.as_ref(), data).unwrap_or([0u8; 32])
+        hmac_parts(self.0.as_ref(), parts).unwrap_or([0u8; 32])
     }
 }
 
