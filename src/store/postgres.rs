@@ -43,7 +43,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::error::SqlState;
 
 use super::{
@@ -467,16 +469,28 @@ impl Db {
     /// failures and deadlocks.
     async fn write(&self, op: WriteOp<'_>) -> Result<WriteOut, StoreError> {
         let key = self.audit_key.get().cloned();
+        let (db, op, key) = (self, &op, key.as_deref());
+        self.retrying(move || async move {
+            let mut client = db.pool.get().await.map_err(map_pool)?;
+            let tx = begin(&mut client).await.map_err(map_pg)?;
+            let v = apply(&tx, op, key).await?;
+            tx.commit().await?;
+            Ok(v)
+        })
+        .await
+    }
+
+    /// Runs `attempt` under the deadline, and again (after a growing pause)
+    /// when it failed on a serialization failure or deadlock, at most
+    /// [`MAX_RETRIES`] times more.
+    async fn retrying<T, F: Future<Output = Result<T, TxError>>>(
+        &self,
+        mut attempt: impl FnMut() -> F,
+    ) -> Result<T, StoreError> {
         self.deadline(async {
             let mut tries = 0;
             loop {
-                let mut client = self.pool.get().await.map_err(map_pool)?;
-                let tx = begin(&mut client).await.map_err(map_pg)?;
-                let outcome = match apply(&tx, &op, key.as_deref()).await {
-                    Ok(v) => tx.commit().await.map(|()| v).map_err(TxError::from),
-                    Err(e) => Err(e),
-                };
-                match outcome {
+                match attempt().await {
                     Ok(v) => return Ok(v),
                     Err(TxError::Retry(e)) if tries < MAX_RETRIES => {
                         tries += 1;
@@ -489,6 +503,86 @@ impl Db {
             }
         })
         .await
+    }
+
+    /// Appends records of reads and refusals: committed before the
+    /// response, without waiting for the WAL flush, in two round trips
+    /// where [`Db::write`] takes four. BEGIN, the chain's lock and the read
+    /// of its head go out together, then the insert and COMMIT.
+    /// (tokio-postgres' `Transaction` waits for BEGIN before anything else
+    /// can be sent, hence the transaction by hand, see [`OpenTx`].)
+    async fn append_read_audits(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        let key = self
+            .audit_key
+            .get()
+            .cloned()
+            .ok_or_else(|| StoreError::Backend("audit key not set".into()))?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (db, key) = (self, &*key);
+        self.retrying(move || async move {
+            let tx = OpenTx(Some(db.pool.get().await.map_err(map_pool)?));
+            let c = tx.client()?;
+            // Prepared before anything is sent: a statement being prepared
+            // costs a round trip and would go out after what follows it.
+            let lock = c.prepare_cached(LOCK_AUDIT_CHAIN).await?;
+            let head = c.prepare_cached(AUDIT_HEAD).await?;
+            let insert = audit_insert(c, records.len()).await?;
+            // Sent in this order on the first poll (join polls in order).
+            // In READ COMMITTED the head is read with a snapshot taken after
+            // the lock was granted, so it is the chain's true head.
+            let (begun, locked, head) = futures_util::future::join3(
+                c.batch_execute(
+                    "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = off",
+                ),
+                c.execute(&lock, &[&AUDIT_LOCK]),
+                c.query_opt(&head, &[]),
+            )
+            .await;
+            begun?;
+            locked?;
+            let head = head?.map_or((0, audit::GENESIS.to_vec()), |r| (r.get(0), r.get(1)));
+            let chained = audit::chain(key, head, records.to_vec());
+            // COMMIT after a failed insert ends the transaction as a
+            // rollback without an error of its own: the insert's result
+            // decides.
+            let (inserted, committed) = futures_util::future::join(
+                insert_audits(c, &insert, &chained),
+                c.batch_execute("COMMIT"),
+            )
+            .await;
+            inserted?;
+            committed?;
+            tx.ended();
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// A pooled connection in a transaction begun by hand. Dropped before
+/// [`OpenTx::ended`] (an error, or a deadline that cut its future off), it
+/// closes the connection instead of returning it to the pool in the middle
+/// of a transaction; PostgreSQL then rolls the transaction back.
+struct OpenTx(Option<deadpool_postgres::Object>);
+
+impl OpenTx {
+    fn client(&self) -> Result<&deadpool_postgres::Object, TxError> {
+        self.0.as_ref().ok_or_else(|| TxError::Fail(unexpected()))
+    }
+
+    /// The transaction ended (committed): the connection may be reused.
+    fn ended(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for OpenTx {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            drop(deadpool_postgres::Object::take(c));
+        }
     }
 }
 
@@ -632,7 +726,7 @@ impl Db {
             }
             let (records, replies): (Vec<Vec<AuditRecord>>, Vec<_>) = jobs.into_iter().unzip();
             let records: Vec<AuditRecord> = records.into_iter().flatten().collect();
-            let result = self.write(WriteOp::AppendAudit(&records)).await;
+            let result = self.append_read_audits(&records).await;
             for reply in replies {
                 let _ = reply.send(match &result {
                     Ok(_) => Ok(()),
@@ -764,7 +858,7 @@ impl Db {
                 Err(e) => out.push(Err(e)),
             }
         }
-        if let Err(e) = append_audit_tx(&tx, key, &records, Flush::WithTx).await {
+        if let Err(e) = append_audit_tx(&tx, key, &records).await {
             return Ok(Err(BatchError::before_commit(e)));
         }
         match tx.commit().await {
@@ -811,7 +905,6 @@ enum WriteOp<'a> {
         name: &'a str,
         value: &'a [u8],
     },
-    AppendAudit(&'a [AuditRecord]),
     CreateToken {
         token: &'a TokenRow,
         audit: &'a AuditRecord,
@@ -943,49 +1036,11 @@ fn read_audit(r: &tokio_postgres::Row) -> Result<ChainedRecord, StoreError> {
     })
 }
 
-async fn insert_audit(
-    tx: &deadpool_postgres::Transaction<'_>,
-    r: &ChainedRecord,
-) -> Result<(), tokio_postgres::Error> {
-    let a = &r.record;
-    let stmt = tx
-        .prepare_cached(&format!(
-            "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        ))
-        .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &r.seq,
-            &a.time_ms,
-            &a.request_id,
-            &a.token_id,
-            &a.token_name,
-            &a.client,
-            &a.operation,
-            &a.path,
-            &a.version,
-            &a.outcome,
-            &i32::from(a.status),
-            &r.prev_hash,
-            &r.hash,
-        ],
-    )
-    .await?;
-    Ok(())
-}
+/// Takes the audit chain's lock ([`AUDIT_LOCK`]) until the transaction ends.
+const LOCK_AUDIT_CHAIN: &str = "SELECT pg_advisory_xact_lock($1)";
 
-/// How an audit append's transaction commits.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Flush {
-    /// With the transaction's own `synchronous_commit` (on: a write's
-    /// records are on disk with the write).
-    WithTx,
-    /// Without waiting for the WAL flush: records of reads and refusals,
-    /// committed before the response; the next durable commit (or the WAL
-    /// writer, within a fraction of a second) flushes them.
-    Lazily,
-}
+/// The audit chain's head: its last record's `seq` and hash.
+const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
 
 /// Chains `records` after the head of the log, under a lock that
 /// serialises appends across replicas, and inserts them.
@@ -998,7 +1053,6 @@ async fn append_audit_tx(
     tx: &deadpool_postgres::Transaction<'_>,
     key: Option<&AuditKey>,
     records: &[AuditRecord],
-    flush: Flush,
 ) -> Result<(), TxError> {
     let key = key.ok_or_else(|| TxError::Fail(StoreError::Backend("audit key not set".into())))?;
     if records.is_empty() {
@@ -1006,55 +1060,77 @@ async fn append_audit_tx(
     }
     // Prepared first: a statement still being prepared would be sent after
     // the ones behind it, and the pipeline's order is what makes it right.
-    let lock = tx
-        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
-        .await?;
-    let head = tx
-        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .await?;
-    let lazily = async {
-        if flush == Flush::Lazily {
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
-                .await?;
-        }
-        Ok::<_, tokio_postgres::Error>(())
-    };
-    let (lazily, locked, head) = futures_util::future::join3(
-        lazily,
-        tx.execute(&lock, &[&AUDIT_LOCK]),
-        tx.query_opt(&head, &[]),
-    )
-    .await;
-    lazily?;
+    let lock = tx.prepare_cached(LOCK_AUDIT_CHAIN).await?;
+    let head = tx.prepare_cached(AUDIT_HEAD).await?;
+    let (locked, head) =
+        futures_util::future::join(tx.execute(&lock, &[&AUDIT_LOCK]), tx.query_opt(&head, &[]))
+            .await;
     locked?;
     let head = head?.map_or((0, audit::GENESIS.to_vec()), |r| (r.get(0), r.get(1)));
     let chained = audit::chain(key, head, records.to_vec());
-    if let [one] = chained.as_slice() {
-        insert_audit(tx, one).await?;
-    } else {
-        insert_audits(tx, &chained).await?;
-    }
+    let insert = audit_insert(tx, chained.len()).await?;
+    insert_audits(tx, &insert, &chained).await?;
     Ok(())
 }
 
-/// Inserts many chained records in one statement (one round trip): a
-/// batch of read records costs the same few round trips as one record.
-async fn insert_audits(
-    tx: &deadpool_postgres::Transaction<'_>,
-    rows: &[ChainedRecord],
-) -> Result<(), tokio_postgres::Error> {
-    fn col<'a, T>(rows: &'a [ChainedRecord], f: impl Fn(&'a ChainedRecord) -> T) -> Vec<T> {
-        rows.iter().map(f).collect()
-    }
-    let stmt = tx
-        .prepare_cached(&format!(
+/// The statement that inserts `n` chained records: one row's values, or
+/// (for a batch of read records, at the same cost as one) columns of
+/// arrays. Prepared apart from [`insert_audits`], so that a pipeline can
+/// prepare it before anything else is sent.
+async fn audit_insert<C: GenericClient + Sync>(
+    c: &C,
+    n: usize,
+) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    if n == 1 {
+        c.prepare_cached(&format!(
+            "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ))
+        .await
+    } else {
+        c.prepare_cached(&format!(
             "INSERT INTO audit_log ({AUDIT_COLUMNS})
              SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[],
                                   $7::TEXT[], $8::TEXT[], $9::BIGINT[], $10::TEXT[], $11::INTEGER[], $12::BYTEA[], $13::BYTEA[])"
         ))
-        .await?;
-    tx.execute(
-        &stmt,
+        .await
+    }
+}
+
+/// Inserts chained records with the [`audit_insert`] statement prepared
+/// for `rows.len()`. Sends its one message on the first poll.
+async fn insert_audits<C: GenericClient + Sync>(
+    c: &C,
+    stmt: &tokio_postgres::Statement,
+    rows: &[ChainedRecord],
+) -> Result<u64, tokio_postgres::Error> {
+    fn col<'a, T>(rows: &'a [ChainedRecord], f: impl Fn(&'a ChainedRecord) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
+    }
+    if let [r] = rows {
+        let a = &r.record;
+        return c
+            .execute(
+                stmt,
+                &[
+                    &r.seq,
+                    &a.time_ms,
+                    &a.request_id,
+                    &a.token_id,
+                    &a.token_name,
+                    &a.client,
+                    &a.operation,
+                    &a.path,
+                    &a.version,
+                    &a.outcome,
+                    &i32::from(a.status),
+                    &r.prev_hash,
+                    &r.hash,
+                ],
+            )
+            .await;
+    }
+    c.execute(
+        stmt,
         &[
             &col(rows, |r| r.seq),
             &col(rows, |r| r.record.time_ms),
@@ -1071,8 +1147,7 @@ async fn insert_audits(
             &col(rows, |r| r.hash.as_slice()),
         ],
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 async fn insert_token(
@@ -1232,7 +1307,7 @@ async fn apply(
             };
             match put_rows(tx, std::slice::from_ref(&put)).await?.pop() {
                 Some(Ok((version, record))) => {
-                    append_audit_tx(tx, key, &[record], Flush::WithTx).await?;
+                    append_audit_tx(tx, key, &[record]).await?;
                     Ok(WriteOut::Version(version))
                 }
                 Some(Err(e)) => Err(TxError::Fail(e)),
@@ -1258,7 +1333,7 @@ async fn apply(
                 .collect::<Result<Vec<_>, _>>()?;
             out.sort_unstable();
             if !out.is_empty() {
-                append_audit_tx(tx, key, std::slice::from_ref(&ctx.audit), Flush::WithTx).await?;
+                append_audit_tx(tx, key, std::slice::from_ref(&ctx.audit)).await?;
             }
             Ok(WriteOut::Versions(out))
         }
@@ -1288,15 +1363,9 @@ async fn apply(
                 .await?;
             Ok(WriteOut::Inserted(n == 1))
         }
-        WriteOp::AppendAudit(records) => {
-            // Records of reads and refusals: committed before the response,
-            // without waiting for the WAL flush.
-            append_audit_tx(tx, key, records, Flush::Lazily).await?;
-            Ok(WriteOut::Done)
-        }
         WriteOp::CreateToken { token, audit } => {
             insert_token(tx, token).await?;
-            append_audit_tx(tx, key, std::slice::from_ref(audit), Flush::WithTx).await?;
+            append_audit_tx(tx, key, std::slice::from_ref(audit)).await?;
             Ok(WriteOut::Done)
         }
         WriteOp::RevokeToken { id, audit } => {
@@ -1308,7 +1377,7 @@ async fn apply(
                 .await?
                 .map(|r| read_token(&r));
             if row.is_some() {
-                append_audit_tx(tx, key, std::slice::from_ref(audit), Flush::WithTx).await?;
+                append_audit_tx(tx, key, std::slice::from_ref(audit)).await?;
             }
             Ok(WriteOut::Token(row))
         }
@@ -1986,8 +2055,11 @@ impl Store for PgStore {
             for t in &dump.tokens {
                 insert_token(&tx, t).await.map_err(tx_err)?;
             }
+            let one = audit_insert(&tx, 1).await.map_err(map_pg)?;
             for r in &dump.audit {
-                insert_audit(&tx, r).await.map_err(map_pg)?;
+                insert_audits(&tx, &one, std::slice::from_ref(r))
+                    .await
+                    .map_err(map_pg)?;
             }
             tx.commit().await.map_err(map_pg)
         })
