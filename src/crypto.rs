@@ -451,6 +451,22 @@ mod tests {
         (m, k)
     }
 
+    /// HMAC-SHA256 of the parts' concatenation, against a value from
+    /// another implementation (Python's `hmac`, key bytes 0..32, message
+    /// "secretd audit").
+    #[test]
+    fn mac_parts_is_hmac_sha256_of_the_concatenation() {
+        let mut k = [0u8; KEY_LEN];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = u8::try_from(i).unwrap();
+        }
+        let key = AuditKey(Zeroizing::new(k));
+        let want = "97cb6eb00ba8e9fa9be0bcb3c24cd909404831ce532c74839750f7dff617ff86";
+        assert_eq!(crate::audit::to_hex(&key.mac(b"secretd audit")), want);
+        let parts: [&[u8]; 4] = [b"secretd", b"", b" ", b"audit"];
+        assert_eq!(crate::audit::to_hex(&key.mac_parts(&parts)), want);
+    }
+
     #[test]
     fn roundtrip_and_binding() {
         let (_, k) = ring();

@@ -43,9 +43,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{
-    GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
-};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
 use super::{
@@ -1073,11 +1071,15 @@ async fn append_audit_tx(
     Ok(())
 }
 
+/// (Generic over deadpool's `GenericClient` by path, not by a `use`: in
+/// scope, that trait's boxed methods would take precedence over the
+/// clients' own everywhere in this file.)
+///
 /// The statement that inserts `n` chained records: one row's values, or
 /// (for a batch of read records, at the same cost as one) columns of
 /// arrays. Prepared apart from [`insert_audits`], so that a pipeline can
 /// prepare it before anything else is sent.
-async fn audit_insert<C: GenericClient + Sync>(
+async fn audit_insert<C: deadpool_postgres::GenericClient + Sync>(
     c: &C,
     n: usize,
 ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
@@ -1098,7 +1100,7 @@ async fn audit_insert<C: GenericClient + Sync>(
 
 /// Inserts chained records with the [`audit_insert`] statement prepared
 /// for `rows.len()`. Sends its one message on the first poll.
-async fn insert_audits<C: GenericClient + Sync>(
+async fn insert_audits<C: deadpool_postgres::GenericClient + Sync>(
     c: &C,
     stmt: &tokio_postgres::Statement,
     rows: &[ChainedRecord],

@@ -977,13 +977,21 @@ fn next_version(c: &Connection, path: &SecretPath, now: i64) -> Result<(i64, i64
 }
 
 /// Each secret's row as a backup records it: the last version handed out
-/// and the time of the newest write, which the `secrets` row holds only as
-/// a floor (see [`next_version`]).
+/// (the greater of the row's floor and its newest version, see
+/// [`next_version`]), and the time of the last write. That is the row's own
+/// `updated_at` until a PUT numbered past the floor, then the creation time
+/// of the highest-numbered version: the value the row held when PUTs still
+/// rewrote it, and what PostgreSQL records. (Not the latest `created_at` of
+/// any version: clocks of replicas disagree, and a restored backup must
+/// export exactly as it was written, or its verification fails.)
 const SECRET_ROWS: &str = "SELECT s.path,
-        MAX(s.last_version, COALESCE((SELECT MAX(v.version) FROM versions v WHERE v.secret_id = s.id), 0)),
+        MAX(s.last_version, COALESCE(n.version, 0)),
         s.created_at,
-        MAX(s.updated_at, COALESCE((SELECT MAX(v.created_at) FROM versions v WHERE v.secret_id = s.id), 0))
-     FROM secrets s";
+        CASE WHEN n.version > s.last_version THEN n.created_at ELSE s.updated_at END
+     FROM secrets s
+     LEFT JOIN versions n ON n.id = (
+         SELECT v.id FROM versions v WHERE v.secret_id = s.id ORDER BY v.version DESC LIMIT 1
+     )";
 
 /// Tombstones the live versions of a path within a [`version_range`].
 const DELETE_ROWS: &str = "UPDATE versions SET envelope = NULL, deleted_at = ?1
@@ -1955,15 +1963,17 @@ mod tests {
     }
 
     /// A PUT numbers its version after the newest version row, never
-    /// below the `secrets` row's floor (a restored backup's), and a backup
-    /// records the true last version and write time, although PUTs no
-    /// longer rewrite the `secrets` row.
+    /// below the `secrets` row's floor (which a restored backup sets), and
+    /// an export records the true last version and write time although
+    /// PUTs no longer rewrite the `secrets` row; a restored backup exports
+    /// exactly as it was written, also with a floor above its version rows
+    /// and version times out of order (replicas' clocks disagree).
     #[tokio::test(flavor = "multi_thread")]
     async fn versions_follow_the_newest_row_and_the_recorded_floor() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("t.db");
-        let store = SqliteStore::open(&db).unwrap();
-        store.set_audit_key(Arc::new(crate::crypto::AuditKey::random().unwrap()));
+        let key = Arc::new(crate::crypto::AuditKey::random().unwrap());
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        store.set_audit_key(Arc::clone(&key));
         let p = path("tfy-secret/floor/x");
         for want in 1..=3u8 {
             assert_eq!(put_tag(&store, &p, want).await, u64::from(want));
@@ -1977,21 +1987,44 @@ mod tests {
         );
         let (row, newest) = exported_row(&store, &p).await;
         assert_eq!(row.last_version, 4);
-        assert_eq!(row.updated_at, newest, "updated_at is the newest write");
+        assert_eq!(row.updated_at, newest, "updated_at is the last write's");
         assert!(row.created_at <= row.updated_at);
-        // A floor above every version row, as a restored backup can hold.
-        let other = Connection::open(&db).unwrap();
-        other
-            .execute(
-                "UPDATE secrets SET last_version = 10 WHERE path = 'tfy-secret/floor/x'",
-                [],
-            )
+
+        // A backup with a floor above its version rows, version 1 stamped
+        // later than version 4, and an updated_at of its own.
+        let mut dump = store.export().await.unwrap();
+        let r = dump
+            .secrets
+            .iter_mut()
+            .find(|r| r.path == p.as_str())
             .unwrap();
-        drop(other);
-        assert_eq!(exported_row(&store, &p).await.0.last_version, 10);
-        assert_eq!(put_tag(&store, &p, 11).await, 11);
-        assert_eq!(put_tag(&store, &p, 12).await, 12);
-        assert_eq!(exported_row(&store, &p).await.0.last_version, 12);
+        r.last_version = 10;
+        r.updated_at = newest - 7;
+        let v1 = dump
+            .versions
+            .iter_mut()
+            .find(|v| v.path == p.as_str() && v.version == 1)
+            .unwrap();
+        v1.created_at = newest + 50;
+        let restored = SqliteStore::open(&dir.path().join("r.db")).unwrap();
+        restored.set_audit_key(key);
+        restored.import(dump.clone(), false).await.unwrap();
+        let back = restored.export().await.unwrap();
+        assert_eq!(
+            back.checksum(),
+            dump.checksum(),
+            "a restore exports as written"
+        );
+        let (row, _) = exported_row(&restored, &p).await;
+        assert_eq!((row.last_version, row.updated_at), (10, newest - 7));
+        assert_eq!(
+            put_tag(&restored, &p, 11).await,
+            11,
+            "numbered above the floor"
+        );
+        assert_eq!(put_tag(&restored, &p, 12).await, 12);
+        let (row, newest) = exported_row(&restored, &p).await;
+        assert_eq!((row.last_version, row.updated_at), (12, newest));
     }
 
     async fn put_tag(store: &SqliteStore, p: &SecretPath, tag: u8) -> u64 {
@@ -2002,8 +2035,8 @@ mod tests {
             .get()
     }
 
-    /// `p`'s secret row in an export, and the newest creation time among
-    /// its version rows.
+    /// `p`'s secret row in an export, and the creation time of its
+    /// highest-numbered version.
     async fn exported_row(store: &SqliteStore, p: &SecretPath) -> (SecretRow, i64) {
         let d = store.export().await.unwrap();
         let row = d
@@ -2015,9 +2048,9 @@ mod tests {
             .versions
             .iter()
             .filter(|v| v.path == row.path)
-            .map(|v| v.created_at)
-            .max()
-            .unwrap();
+            .max_by_key(|v| v.version)
+            .unwrap()
+            .created_at;
         (row, newest)
     }
 

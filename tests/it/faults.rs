@@ -99,7 +99,9 @@ fn integrity_check(data: &Path) -> Result<(), String> {
         return Err(format!("integrity_check: {rows:?}"));
     }
     // every allocated version number has its row: 1..=newest, and no
-    // secret row promises a version beyond its newest row
+    // secret row promises a version beyond its newest row (a new secret's
+    // row and its version 1 commit together; only a restored backup may
+    // set a higher floor, and these tests restore none)
     let gaps: Vec<(String, i64, i64, i64)> = db
         .prepare(
             "SELECT s.path, s.last_version, COUNT(v.version), COALESCE(MAX(v.version), 0)
