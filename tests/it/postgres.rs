@@ -460,6 +460,70 @@ async fn reads_stop_at_the_request_timeout_and_writes_do_not() {
     db.drop_db().await;
 }
 
+/// A read-audit append that fails in the middle of its transaction (here
+/// its wait for the audit chain's lock, which another session holds, hits
+/// the statement timeout) closes its connection rather than returning it
+/// to the pool inside the transaction: later reads work on any pooled
+/// connection, no backend is left in a transaction, and the chain verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_audit_failing_mid_transaction_leaves_no_transaction_open() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let s = TestServer::start_with(Backend::Postgres(db.url.clone()), |c| {
+        c.store.db.db_statement_timeout = Duration::from_millis(500);
+        c.store.db.db_acquire_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let c = s.client.clone();
+    c.put_ok("tfy-secret/opentx/a", "v").await;
+    for _ in 0..4 {
+        assert_eq!(c.get("tfy-secret/opentx/a", None).await.status, 200);
+    }
+    // `AUDIT_LOCK` in src/store/postgres.rs.
+    const AUDIT_LOCK: i64 = 0x5ec7_e7d0_0002;
+    let holder = pg_connect(&db.url).await;
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&AUDIT_LOCK])
+        .await
+        .expect("lock");
+    let r = c.get("tfy-secret/opentx/a", None).await;
+    assert_eq!(
+        r.status,
+        503,
+        "a read whose record was not appended: {}",
+        r.json()
+    );
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&AUDIT_LOCK])
+        .await
+        .expect("unlock");
+    for i in 0..20 {
+        let r = c.get("tfy-secret/opentx/a", None).await;
+        assert_eq!(
+            r.status,
+            200,
+            "read {i} after the lock was released: {}",
+            r.json()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let open: i64 = holder
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0);
+    assert_eq!(open, 0, "a backend was left inside a transaction");
+    let (ok, out, err) = s.cli(&["audit", "verify"]);
+    assert!(ok, "{out}{err}");
+    drop(s);
+    db.drop_db().await;
+}
+
 /// Goal 9, replicas: one of two replicas is frozen (SIGSTOP) mid-load and
 /// resumed; no version is handed out twice or lost.
 #[tokio::test(flavor = "multi_thread")]
