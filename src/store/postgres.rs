@@ -540,8 +540,7 @@ impl Db {
             .await;
             begun?;
             locked?;
-            let head = head?.map_or((0, audit::GENESIS.to_vec()), |r| (r.get(0), r.get(1)));
-            let chained = audit::chain(key, head, records.to_vec());
+            let chained = chain_after(key, head?, records);
             // COMMIT after a failed insert ends the transaction as a
             // rollback without an error of its own: the insert's result
             // decides.
@@ -1064,11 +1063,21 @@ async fn append_audit_tx(
         futures_util::future::join(tx.execute(&lock, &[&AUDIT_LOCK]), tx.query_opt(&head, &[]))
             .await;
     locked?;
-    let head = head?.map_or((0, audit::GENESIS.to_vec()), |r| (r.get(0), r.get(1)));
-    let chained = audit::chain(key, head, records.to_vec());
+    let chained = chain_after(key, head?, records);
     let insert = audit_insert(tx, chained.len()).await?;
     insert_audits(tx, &insert, &chained).await?;
     Ok(())
+}
+
+/// Chains `records` after the head that [`AUDIT_HEAD`] found (none: an
+/// empty log).
+fn chain_after(
+    key: &AuditKey,
+    head: Option<tokio_postgres::Row>,
+    records: &[AuditRecord],
+) -> Vec<ChainedRecord> {
+    let head = head.map_or((0, audit::GENESIS.to_vec()), |r| (r.get(0), r.get(1)));
+    audit::chain(key, head, records.to_vec())
 }
 
 /// (Generic over deadpool's `GenericClient` by path, not by a `use`: in

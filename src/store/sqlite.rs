@@ -956,10 +956,14 @@ fn put_row(
 /// count only as a floor: see [`SECRET_ROWS`].
 fn next_version(c: &Connection, path: &SecretPath, now: i64) -> Result<(i64, i64), StoreError> {
     let found: Option<(i64, i64)> = c
-        .prepare_cached("SELECT id, last_version FROM secrets WHERE path = ?1")?
+        .prepare_cached(
+            "SELECT s.id, MAX(s.last_version, COALESCE(
+                 (SELECT MAX(v.version) FROM versions v WHERE v.secret_id = s.id), 0))
+             FROM secrets s WHERE s.path = ?1",
+        )?
         .query_row([path.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let Some((id, floor)) = found else {
+    let Some((id, last)) = found else {
         let id: i64 = c
             .prepare_cached(
                 "INSERT INTO secrets (path, last_version, created_at, updated_at)
@@ -968,10 +972,6 @@ fn next_version(c: &Connection, path: &SecretPath, now: i64) -> Result<(i64, i64
             .query_row(params![path.as_str(), now], |r| r.get(0))?;
         return Ok((id, 1));
     };
-    let newest: Option<i64> = c
-        .prepare_cached("SELECT MAX(version) FROM versions WHERE secret_id = ?1")?
-        .query_row([id], |r| r.get(0))?;
-    let last = newest.unwrap_or(0).max(floor);
     // Out of range is refused by the caller's `db_version`.
     Ok((id, last.saturating_add(1)))
 }
