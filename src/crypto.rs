@@ -7,7 +7,11 @@
 //!   generation bound as associated data.
 //! * The AEAD is XChaCha20-Poly1305: 192-bit random nonces, so the number of
 //!   encryptions per key is not limited by nonce collisions the way 96-bit
-//!   AES-GCM nonces are (NIST's 2^32 limit does not apply).
+//!   AES-GCM nonces are (NIST's 2^32 limit does not apply). It is built as
+//!   its specification builds it ([`xchacha`]) from two vetted
+//!   implementations: HChaCha20 from RustCrypto's `chacha20` and the IETF
+//!   ChaCha20-Poly1305 AEAD from `ring` (assembly, about three times faster
+//!   than the portable crate on a 2 KiB value; docs/performance.md).
 //!
 //! Envelope of a sealed value:
 //! `format (1 byte = 1) ‖ generation (u32 BE) ‖ nonce (24 bytes) ‖ ciphertext ‖ tag (16)`
@@ -20,8 +24,6 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -90,10 +92,6 @@ impl MasterKey {
     pub fn ct_eq(&self, other: &MasterKey) -> bool {
         self.0.as_ref().ct_eq(other.0.as_ref()).into()
     }
-
-    fn cipher(&self) -> Result<XChaCha20Poly1305, CryptoError> {
-        XChaCha20Poly1305::new_from_slice(self.0.as_ref()).map_err(|_| CryptoError::BadMasterKey)
-    }
 }
 
 impl fmt::Debug for MasterKey {
@@ -154,10 +152,8 @@ impl AuditKey {
 impl MasterKey {
     /// Wraps a 32-byte secret under this key, binding `label`.
     fn wrap(&self, label: &[u8], secret: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let (ct, nonce) = seal_raw(&self.cipher()?, label, secret)?;
-        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        let mut out = Vec::with_capacity(NONCE_LEN + secret.len() + TAG_LEN);
+        xchacha::seal_random(&self.0, label, secret, &mut out)?;
         Ok(out)
     }
 
@@ -166,19 +162,7 @@ impl MasterKey {
         if wrapped.len() != NONCE_LEN + KEY_LEN + TAG_LEN {
             return None;
         }
-        let (nonce_b, ct) = wrapped.split_at(NONCE_LEN);
-        let plain = Zeroizing::new(
-            self.cipher()
-                .ok()?
-                .decrypt(
-                    &nonce(nonce_b).ok()?,
-                    Payload {
-                        msg: ct,
-                        aad: label,
-                    },
-                )
-                .ok()?,
-        );
+        let plain = xchacha::open(&self.0, label, wrapped).ok()?;
         let mut out = Zeroizing::new([0u8; KEY_LEN]);
         out.copy_from_slice(plain.get(..KEY_LEN)?);
         Some(out)
@@ -234,7 +218,8 @@ pub struct WrappedKey {
 /// The unwrapped data keys, by generation, and which one seals new values.
 pub struct Keyring {
     active: u32,
-    ciphers: HashMap<u32, XChaCha20Poly1305>,
+    /// Data keys by generation (wiped when the keyring is dropped).
+    ciphers: HashMap<u32, Zeroizing<[u8; KEY_LEN]>>,
 }
 
 impl fmt::Debug for Keyring {
@@ -244,10 +229,6 @@ impl fmt::Debug for Keyring {
             .field("generations", &self.ciphers.len())
             .finish()
     }
-}
-
-fn nonce(b: &[u8]) -> Result<XNonce, CryptoError> {
-    XNonce::try_from(b).map_err(|_| CryptoError::Corrupt)
 }
 
 fn wrap_aad(generation: u32) -> Vec<u8> {
@@ -265,25 +246,6 @@ fn value_aad(path: &SecretPath, version: Version, generation: u32) -> Vec<u8> {
     aad.extend_from_slice(&version.get().to_be_bytes());
     aad.extend_from_slice(&generation.to_be_bytes());
     aad
-}
-
-fn seal_raw(
-    cipher: &XChaCha20Poly1305,
-    aad: &[u8],
-    plaintext: &[u8],
-) -> Result<(Vec<u8>, [u8; NONCE_LEN]), CryptoError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    random_bytes(&mut nonce)?;
-    let ct = cipher
-        .encrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .map_err(|_| CryptoError::Corrupt)?;
-    Ok((ct, nonce))
 }
 
 impl Keyring {
@@ -336,10 +298,7 @@ impl Keyring {
         let mut failed = Vec::new();
         let mut active = 0;
         for k in keys {
-            let cipher = master
-                .unwrap(&wrap_aad(k.generation), &k.wrapped)
-                .and_then(|dk| XChaCha20Poly1305::new_from_slice(dk.as_slice()).ok());
-            match cipher {
+            match master.unwrap(&wrap_aad(k.generation), &k.wrapped) {
                 Some(c) => {
                     ciphers.insert(k.generation, c);
                     active = active.max(k.generation);
@@ -386,12 +345,10 @@ impl Keyring {
             .get(&generation)
             .ok_or(CryptoError::UnknownGeneration(generation))?;
         let aad = value_aad(path, version, generation);
-        let (ct, nonce) = seal_raw(cipher, &aad, plaintext)?;
-        let mut out = Vec::with_capacity(HEADER_LEN + ct.len());
+        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
         out.push(FORMAT_V1);
         out.extend_from_slice(&generation.to_be_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        xchacha::seal_random(cipher, &aad, plaintext, &mut out)?;
         Ok(out)
     }
 
@@ -409,18 +366,8 @@ impl Keyring {
         g.copy_from_slice(&envelope[1..5]);
         let generation = u32::from_be_bytes(g);
         let cipher = self.ciphers.get(&generation).ok_or(CryptoError::Corrupt)?;
-        let nonce = nonce(&envelope[5..HEADER_LEN])?;
         let aad = value_aad(path, version, generation);
-        cipher
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: &envelope[HEADER_LEN..],
-                    aad: &aad,
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| CryptoError::Corrupt)
+        xchacha::open(cipher, &aad, &envelope[5..])
     }
 
     /// Re-encrypts an envelope of `path`/`version` under the active
@@ -436,6 +383,103 @@ impl Keyring {
     ) -> Result<Vec<u8>, CryptoError> {
         let plain = self.open(path, version, envelope)?;
         self.seal(path, version, &plain)
+    }
+}
+
+/// XChaCha20-Poly1305 exactly as draft-irtf-cfrg-xchacha-03 (§2.3) builds
+/// it, from two vetted implementations and nothing written here: HChaCha20
+/// (RustCrypto's `chacha20::hchacha`) of the key and the nonce's first 16
+/// bytes gives a one-message subkey, under which the IETF ChaCha20-Poly1305
+/// AEAD of RFC 8439 (`ring`'s assembly) runs with the nonce
+/// `0x00000000 ‖ the nonce's last 8 bytes`. Byte for byte what RustCrypto's
+/// `XChaCha20Poly1305` produces (the tests check the draft's vector and
+/// agreement with that crate on random inputs), so every envelope ever
+/// written opens unchanged; it only costs a third of the CPU (a GET's
+/// decryption of a 2 KiB value: 1.2 instead of 3.6 µs).
+mod xchacha {
+    use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+    use zeroize::{Zeroize as _, Zeroizing};
+
+    use super::{CryptoError, KEY_LEN, NONCE_LEN, TAG_LEN, random_bytes};
+
+    /// The ChaCha20-Poly1305 key and nonce of one message.
+    fn derive(
+        key: &[u8; KEY_LEN],
+        nonce: &[u8; NONCE_LEN],
+    ) -> Result<(LessSafeKey, Nonce), CryptoError> {
+        let (head, tail) = nonce.split_at(16);
+        let head = head.try_into().map_err(|_| CryptoError::Corrupt)?;
+        let mut subkey = chacha20::hchacha::<chacha20::R20>(key.into(), head);
+        let unbound = UnboundKey::new(&CHACHA20_POLY1305, subkey.as_slice());
+        subkey.as_mut_slice().zeroize();
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(tail);
+        Ok((
+            LessSafeKey::new(unbound.map_err(|_| CryptoError::Corrupt)?),
+            Nonce::assume_unique_for_key(n),
+        ))
+    }
+
+    /// Appends `nonce ‖ ciphertext ‖ tag` of `plaintext` to `out`, under a
+    /// fresh random nonce.
+    pub(super) fn seal_random(
+        key: &[u8; KEY_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce)?;
+        seal(key, &nonce, aad, plaintext, out)
+    }
+
+    /// [`seal_random`] with a given nonce (for the tests' known answers).
+    pub(super) fn seal(
+        key: &[u8; KEY_LEN],
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let (k, n) = derive(key, nonce)?;
+        out.extend_from_slice(nonce);
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        match k.seal_in_place_separate_tag(n, Aad::from(aad), &mut out[start..]) {
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                Ok(())
+            }
+            Err(_) => {
+                // Only a message beyond ChaCha20's 256 GiB; never leave the
+                // plaintext behind in an ordinary buffer.
+                out[start..].zeroize();
+                out.truncate(start - NONCE_LEN);
+                Err(CryptoError::Corrupt)
+            }
+        }
+    }
+
+    /// Opens `nonce ‖ ciphertext ‖ tag`; [`CryptoError::Corrupt`] unless it
+    /// authenticates under `key` and `aad`.
+    pub(super) fn open(
+        key: &[u8; KEY_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(CryptoError::Corrupt);
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Corrupt)?;
+        let (k, n) = derive(key, nonce)?;
+        let mut buf = Zeroizing::new(ct.to_vec());
+        let len = k
+            .open_in_place(n, Aad::from(aad), &mut buf)
+            .map_err(|_| CryptoError::Corrupt)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
     }
 }
 
@@ -465,6 +509,62 @@ mod tests {
         assert_eq!(crate::audit::to_hex(&key.mac(b"secretd audit")), want);
         let parts: [&[u8]; 4] = [b"secretd", b"", b" ", b"audit"];
         assert_eq!(crate::audit::to_hex(&key.mac_parts(&parts)), want);
+    }
+
+    /// The XChaCha20-Poly1305 AEAD vector of draft-irtf-cfrg-xchacha-03,
+    /// appendix A.3.1.
+    #[test]
+    fn xchacha_matches_the_drafts_test_vector() {
+        let key: [u8; KEY_LEN] = std::array::from_fn(|i| 0x80 + u8::try_from(i).unwrap());
+        let nonce: [u8; NONCE_LEN] = std::array::from_fn(|i| 0x40 + u8::try_from(i).unwrap());
+        let aad = [
+            0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7,
+        ];
+        let plaintext: &[u8] = b"Ladies and Gentlemen of the class of '99: If I could offer you \
+            only one tip for the future, sunscreen would be it.";
+        let want = "bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb\
+                    731c7f1b0b4aa6440bf3a82f4eda7e39ae64c6708c54c216cb96b72e1213b452\
+                    2f8c9ba40db5d945b11b69b982c1bb9e3f3fac2bc369488f76b2383565d3fff9\
+                    21f9664c97637da9768812f615c68b13b52e\
+                    c0875924c1c7987947deafd8780acf49";
+        let mut sealed = Vec::new();
+        xchacha::seal(&key, &nonce, &aad, plaintext, &mut sealed).unwrap();
+        assert_eq!(sealed[..NONCE_LEN], nonce);
+        assert_eq!(crate::audit::to_hex(&sealed[NONCE_LEN..]), want);
+        let opened = xchacha::open(&key, &aad, &sealed).unwrap();
+        assert_eq!(opened.as_slice(), plaintext);
+        let mut bad = sealed.clone();
+        *bad.last_mut().unwrap() ^= 0x80;
+        assert!(xchacha::open(&key, &aad, &bad).is_err());
+        assert!(xchacha::open(&key, &aad[1..], &sealed).is_err());
+    }
+
+    proptest::proptest! {
+        /// Byte for byte RustCrypto's XChaCha20-Poly1305 (what sealed every
+        /// envelope before), both ways, on random keys, nonces, associated
+        /// data and messages, including the empty one.
+        #[test]
+        fn xchacha_agrees_with_rustcrypto(
+            key in proptest::array::uniform32(proptest::num::u8::ANY),
+            nonce in proptest::collection::vec(proptest::num::u8::ANY, NONCE_LEN),
+            aad in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            msg in proptest::collection::vec(proptest::num::u8::ANY, 0..1100),
+        ) {
+            use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+            let reference = chacha20poly1305::XChaCha20Poly1305::new((&key).into());
+            let n = chacha20poly1305::XNonce::try_from(nonce.as_slice()).unwrap();
+            let theirs = reference.encrypt(&n, Payload { msg: &msg, aad: &aad }).unwrap();
+            let nonce: [u8; NONCE_LEN] = nonce.try_into().unwrap();
+            let mut ours = Vec::new();
+            xchacha::seal(&key, &nonce, &aad, &msg, &mut ours).unwrap();
+            proptest::prop_assert_eq!(&ours[NONCE_LEN..], theirs.as_slice());
+            let opened = reference
+                .decrypt(&n, Payload { msg: &ours[NONCE_LEN..], aad: &aad })
+                .unwrap();
+            proptest::prop_assert_eq!(&opened, &msg);
+            let ours_opened = xchacha::open(&key, &aad, &ours).unwrap();
+            proptest::prop_assert_eq!(ours_opened.as_slice(), msg.as_slice());
+        }
     }
 
     #[test]
