@@ -339,9 +339,8 @@ impl WipedBuf {
     }
 
     fn wipe(&mut self) {
-        use zeroize::Zeroize as _;
         // Zeroes the full capacity, then empties the buffer.
-        self.0.zeroize();
+        crate::wipe::vec(&mut self.0);
     }
 }
 

@@ -25,3 +25,4 @@ pub mod rewrap;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod wipe;

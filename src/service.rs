@@ -23,6 +23,7 @@ use crate::path::{PathArg, SecretPath, Version};
 use crate::store::{
     ListItem, PutMode, Sealer, Store, StoreError, TokenRow, VersionMeta, WriteCtx, now_ms,
 };
+use crate::wipe::WipedString;
 
 /// Domain limits.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +45,7 @@ impl Default for Limits {
 pub struct SecretValue {
     pub path: SecretPath,
     pub version: Version,
-    pub value: Zeroizing<String>,
+    pub value: WipedString,
     pub created_at_ms: i64,
 }
 
@@ -392,7 +393,7 @@ impl Service {
         &self,
         ctx: &RequestCtx,
         path: SecretPath,
-        value: Zeroizing<String>,
+        value: WipedString,
     ) -> Result<Version, Error> {
         let p = &ctx.principal;
         let mode = if p.check_secret(Action::Create, &path).is_ok() {
@@ -485,7 +486,7 @@ impl Service {
         Ok(SecretValue {
             path: path.clone(),
             version: row.version,
-            value: Zeroizing::new(value),
+            value: WipedString::new(value),
             created_at_ms: row.created_at_ms,
         })
     }

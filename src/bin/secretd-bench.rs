@@ -447,7 +447,7 @@ async fn preload(
             let path = secretd::path::SecretPath::parse(&path_of(i))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             for _ in 0..versions {
-                let v = zeroize::Zeroizing::new(value_of(&mut rng));
+                let v = secretd::wipe::WipedString::new(value_of(&mut rng));
                 svc.put(&ctx, path.clone(), v)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -9,10 +9,11 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorCode};
 use crate::path::Version;
+use crate::wipe::WipedString;
 
 /// The body of `PUT /secrets`; each field is checked for its type by the
 /// handler. Unknown fields are ignored, duplicates are refused. Also the
@@ -46,7 +47,7 @@ pub struct DeleteBody {
 fn wipe(fields: [Option<&mut Value>; 2]) {
     for v in fields.into_iter().flatten() {
         if let Value::String(s) = v {
-            s.zeroize();
+            crate::wipe::string(s);
         }
     }
 }
@@ -115,7 +116,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     let parsed = decode(&bytes);
     // The body may hold a secret value: wipe our copy when we own it alone.
     if let Ok(mut m) = bytes.try_into_mut() {
-        m.as_mut().zeroize();
+        crate::wipe::bytes(m.as_mut());
     }
     parsed
 }
@@ -166,12 +167,9 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 }
 
 /// A required string field.
-pub fn required_string(
-    field: Option<Value>,
-    name: &'static str,
-) -> Result<Zeroizing<String>, Error> {
+pub fn required_string(field: Option<Value>, name: &'static str) -> Result<WipedString, Error> {
     match field {
-        Some(Value::String(s)) => Ok(Zeroizing::new(s)),
+        Some(Value::String(s)) => Ok(WipedString::new(s)),
         None => Err(Error::bad_request(
             ErrorCode::MissingField,
             format!("field `{name}` is required"),

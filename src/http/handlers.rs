@@ -540,11 +540,7 @@ pub async fn create_token(
 ) -> Result<Response, Error> {
     let b: TokenBody = read_json(&headers, body, s.max_body_bytes, s.body_timeout).await?;
     let name = required_string(b.name, "name")?;
-    ctx.note(
-        "token.create",
-        Some(&format!("token:{}", name.as_str())),
-        None,
-    );
+    ctx.note("token.create", Some(&format!("token:{}", &*name)), None);
     let role: Role = required_string(b.role, "role")?
         .parse()
         .map_err(|m: String| Error::bad_request(ErrorCode::InvalidField, m))?;
