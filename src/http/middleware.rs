@@ -57,40 +57,72 @@ fn next_request_id() -> String {
     format!("{prefix:08x}{:08x}", n & 0xffff_ffff)
 }
 
-/// Outermost layer: assigns a request id, marks every response
-/// `Cache-Control: no-store`, and logs one line per request with the matched
-/// route (never the raw URI: the query holds paths) and the key id.
-pub async fn request_log(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = next_request_id();
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let method = req.method().clone();
-    // A clone of the matched route is a reference count, not a copy.
-    let matched = req.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("<unmatched>", MatchedPath::as_str);
-    let mut res = next.run(req).await;
-    s.metrics.observe(
-        route,
-        method.as_str(),
-        res.status().as_u16(),
-        started.elapsed(),
-    );
-    let h = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        h.insert("x-request-id", v);
+/// The request-log part of a request, begun before it is handled: assigns
+/// the request id (into the request's extensions) and notes what the log
+/// line and the metrics need.
+struct Logged {
+    started: Instant,
+    id: String,
+    method: Method,
+    /// A clone of the matched route is a reference count, not a copy.
+    matched: Option<MatchedPath>,
+}
+
+impl Logged {
+    fn begin(req: &mut Request) -> Self {
+        let started = Instant::now();
+        let id = next_request_id();
+        req.extensions_mut().insert(RequestId(id.clone()));
+        Logged {
+            started,
+            id,
+            method: req.method().clone(),
+            matched: req.extensions().get::<MatchedPath>().cloned(),
+        }
     }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let key_id = res.extensions().get::<KeyId>().map(|k| k.0.as_str());
-    tracing::info!(
-        request_id = %id,
-        method = %method,
-        route = %route,
-        status = res.status().as_u16(),
-        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        key_id = %key_id.unwrap_or("-"),
-        "request"
-    );
-    res
+
+    /// Counts the response in the metrics, marks it `Cache-Control:
+    /// no-store` with its `X-Request-Id`, and logs one line with the
+    /// matched route (never the raw URI: the query holds paths) and the key
+    /// id.
+    fn finish(self, s: &AppState, mut res: Response) -> Response {
+        let route = self
+            .matched
+            .as_ref()
+            .map_or("<unmatched>", MatchedPath::as_str);
+        s.metrics.observe(
+            route,
+            self.method.as_str(),
+            res.status().as_u16(),
+            self.started.elapsed(),
+        );
+        let h = res.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&self.id) {
+            h.insert("x-request-id", v);
+        }
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let key_id = res.extensions().get::<KeyId>().map(|k| k.0.as_str());
+        tracing::info!(
+            request_id = %self.id,
+            method = %self.method,
+            route = %route,
+            status = res.status().as_u16(),
+            latency_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            key_id = %key_id.unwrap_or("-"),
+            "request"
+        );
+        res
+    }
+}
+
+/// The request log of every route outside the API (health, metrics, the
+/// OpenAPI document, 404s): request id, `Cache-Control: no-store`, metrics
+/// and one log line. [`protect`] does the same for API routes itself, so a
+/// request passes one middleware layer, not two.
+pub async fn request_log(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let logged = Logged::begin(&mut req);
+    let res = next.run(req).await;
+    logged.finish(&s, res)
 }
 
 fn client_addr(req: &Request) -> Option<SocketAddr> {
@@ -159,22 +191,29 @@ async fn resolve_tokens(s: &AppState, slots: Vec<Slot>) -> Result<Option<Princip
 }
 
 /// The layer of every API route (secrets and tokens), outer to inner:
-/// the audit record around authentication around the read deadline.
-/// One layer rather than three: each layer costs every request a boxed
-/// future and a clone of the router.
+/// the request log ([`request_log`]'s part), the audit record, then
+/// authentication around the read deadline. One layer rather than four:
+/// each layer costs every request a boxed future and a clone of the
+/// layers inside it.
 pub async fn protect(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let logged = Logged::begin(&mut req);
+    let res = audited(&s, req, next).await;
+    logged.finish(&s, res)
+}
+
+async fn audited(s: &AppState, mut req: Request, next: Next) -> Response {
     let audit = Pending::new(&mut req);
     let ip = client_addr(&req).map(|a| a.ip());
-    let (res, principal) = match authenticate(&s, ip, req.headers()).await {
+    let (res, principal) = match authenticate(s, ip, req.headers()).await {
         Ok(principal) => {
             req.extensions_mut().insert(principal.clone());
-            let mut res = deadline(&s, req, next).await;
+            let mut res = deadline(s, req, next).await;
             res.extensions_mut().insert(KeyId(principal.id.clone()));
             (res, Some(principal))
         }
         Err(refused) => (refused, None),
     };
-    audit.finish(&s, res, principal).await
+    audit.finish(s, res, principal).await
 }
 
 /// Cuts a read off after the request timeout with 503 `timeout`. Writes

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::handler::Handler as _;
 use tokio::net::TcpListener;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt as _};
 use utoipa_axum::routes;
@@ -42,20 +43,22 @@ pub struct AppState {
     pub public_metrics: bool,
 }
 
-/// The served router: the route table plus the 404 fallback, the
-/// `/openapi.json` document built from that same table, and the request log
-/// around everything.
+/// The served router: the route table plus the 404 fallback and the
+/// `/openapi.json` document built from that same table. Every route and the
+/// fallback carry the request log: the API routes inside their one layer
+/// ([`middleware::protect`]), the others as a layer of their own.
 pub fn router(state: AppState) -> Router {
     // One allocation shared by every request (cloning it is one increment).
     let state = Arc::new(state);
     let (routes, doc) = api(&state).split_for_parts();
     routes
-        .fallback(handlers::route_not_found)
+        .fallback(
+            handlers::route_not_found.layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&state),
+                middleware::request_log,
+            )),
+        )
         .layer(axum::Extension(openapi::Document::new(doc)))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::request_log,
-        ))
         .with_state(state)
 }
 
@@ -65,13 +68,23 @@ pub fn router(state: AppState) -> Router {
 /// disagree. Every route answers other methods with 405 and an `Allow`
 /// header computed from the same registration.
 pub fn api(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
-    // The 405 fallback inside; audit, authentication and the read deadline
-    // around it (so 401s, 429s, 405s and timeouts are audited).
+    // The 405 fallback inside; the request log, audit, authentication and
+    // the read deadline around it (so 401s, 429s, 405s and timeouts are
+    // logged and audited).
     let protected = |r: UtoipaMethodRouter<Arc<AppState>>| {
         allow_others(r).map(|m| {
             m.layer(axum::middleware::from_fn_with_state(
                 Arc::clone(state),
                 middleware::protect,
+            ))
+        })
+    };
+    // The routes outside the API: the request log alone.
+    let logged = |r: UtoipaMethodRouter<Arc<AppState>>| {
+        allow_others(r).map(|m| {
+            m.layer(axum::middleware::from_fn_with_state(
+                Arc::clone(state),
+                middleware::request_log,
             ))
         })
     };
@@ -86,11 +99,11 @@ pub fn api(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
             handlers::create_token
         )))
         .routes(protected(routes!(handlers::revoke_token)))
-        .routes(allow_others(routes!(handlers::healthz)))
-        .routes(allow_others(routes!(handlers::readyz)))
-        .routes(allow_others(routes!(openapi::openapi_json)))
+        .routes(logged(routes!(handlers::healthz)))
+        .routes(logged(routes!(handlers::readyz)))
+        .routes(logged(routes!(openapi::openapi_json)))
         .merge(if state.public_metrics {
-            metrics_routes()
+            OpenApiRouter::default().routes(logged(routes!(handlers::metrics)))
         } else {
             OpenApiRouter::default()
         })

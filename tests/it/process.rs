@@ -662,6 +662,50 @@ async fn metrics_count_requests_without_paths_or_values() {
     assert!(!text.contains("canary"), "a path or value reached /metrics");
 }
 
+/// Every response, API or not, matched or not, passes the request log
+/// exactly once: an `X-Request-Id` of its own, `Cache-Control: no-store`,
+/// and one count in the metrics under its route (two would mean two
+/// layers logged it, none that it escaped the log).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_response_is_logged_exactly_once() {
+    let s = TestServer::start_on(Backend::Sqlite).await;
+    let key = s.client.key.clone();
+    let auth: &[(&str, &str)] = &[("x-api-key", key.as_str())];
+    // method, URI, headers, status, the metrics' route label
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: [Case<'_>; 8] = [
+        ("GET", "/secrets?path=tfy-secret", auth, 200, "/secrets"),
+        ("GET", "/secrets?path=tfy-secret", &[], 401, "/secrets"),
+        ("POST", "/secrets", auth, 405, "/secrets"),
+        ("GET", "/v1/tokens", auth, 200, "/v1/tokens"),
+        ("GET", "/no/such/route", auth, 404, "<unmatched>"),
+        ("GET", "/healthz", &[], 200, "/healthz"),
+        ("GET", "/readyz", &[], 200, "/readyz"),
+        ("GET", "/openapi.json", &[], 200, "/openapi.json"),
+    ];
+    let mut ids = std::collections::HashSet::new();
+    for (method, uri, headers, status, _) in &cases {
+        let r = send(s.addr(), method, uri, headers, None).await;
+        assert_eq!(r.status, *status, "{method} {uri}");
+        assert_eq!(r.header("cache-control"), "no-store", "{method} {uri}");
+        let id = r.header("x-request-id").to_owned();
+        assert!(
+            id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{method} {uri}: {id:?}"
+        );
+        assert!(ids.insert(id), "{method} {uri}: a repeated request id");
+    }
+    let r = send(s.addr(), "GET", "/metrics", &[], None).await;
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    for (method, uri, _, status, route) in &cases {
+        let series = format!(
+            "secretd_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}}"
+        );
+        assert_eq!(metric(&text, &series), Some(1.0), "{method} {uri}\n{text}");
+    }
+}
+
 fn as_client(c: &Client, key: &str) -> Client {
     Client {
         addr: c.addr,
