@@ -54,7 +54,8 @@ pub struct SecretValue {
 pub struct RequestCtx {
     pub principal: Principal,
     pub request_id: String,
-    pub client: Option<String>,
+    /// The client's address, formatted only into the records made.
+    pub client: Option<std::net::SocketAddr>,
 }
 
 impl RequestCtx {
@@ -80,7 +81,7 @@ impl RequestCtx {
             request_id: self.request_id.clone(),
             token_id: Some(self.principal.id.clone()),
             token_name: Some(self.principal.name.clone()),
-            client: self.client.clone(),
+            client: self.client.map(|a| a.to_string()),
             operation: operation.to_owned(),
             path: path.map(str::to_owned),
             version,

@@ -297,7 +297,9 @@ struct Pending {
     slot: AuditSlot,
     default_op: &'static str,
     request_id: String,
-    client: Option<String>,
+    /// Formatted only if a record is written (not for a write that
+    /// committed its own).
+    client: Option<SocketAddr>,
 }
 
 impl Pending {
@@ -318,7 +320,7 @@ impl Pending {
             slot,
             default_op,
             request_id,
-            client: client_addr(req).map(|a| a.to_string()),
+            client: client_addr(req),
         }
     }
 
@@ -347,7 +349,7 @@ impl Pending {
             request_id: self.request_id,
             token_id,
             token_name,
-            client: self.client,
+            client: self.client.map(|a| a.to_string()),
             operation: operation.to_owned(),
             path,
             version,
@@ -419,7 +421,7 @@ impl FromRequestParts<Arc<AppState>> for Ctx {
         let client = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.to_string());
+            .map(|c| c.0);
         let audit = parts
             .extensions
             .get::<AuditSlot>()

@@ -726,6 +726,13 @@ async fn every_request_is_audited_without_values(b: Backend) {
         .find(|r| r["outcome"] == "unauthenticated")
         .expect("401");
     assert!(unauth["token_id"].is_null());
+    // A record the audit layer writes (not the write's own) names the client too.
+    assert!(
+        unauth["client"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{unauth}"
+    );
     // Which chain holds what: on the embedded store, reads and refusals are
     // in the access log and writes in the store's chain; PostgreSQL
     // replicas keep both in the database.
