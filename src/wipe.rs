@@ -60,7 +60,6 @@ pub fn string(s: &mut String) {
 
 /// A string (a secret value) whose whole allocation is zeroed when it is
 /// dropped: [`zeroize::Zeroizing<String>`] with word-sized stores.
-#[derive(Default, PartialEq, Eq)]
 pub struct WipedString(String);
 
 impl WipedString {
@@ -69,22 +68,10 @@ impl WipedString {
     }
 }
 
-impl From<String> for WipedString {
-    fn from(s: String) -> Self {
-        WipedString(s)
-    }
-}
-
 impl std::ops::Deref for WipedString {
     type Target = str;
     fn deref(&self) -> &str {
         &self.0
-    }
-}
-
-impl AsRef<[u8]> for WipedString {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
     }
 }
 
