@@ -103,7 +103,7 @@ pub fn api(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(logged(routes!(handlers::readyz)))
         .routes(logged(routes!(openapi::openapi_json)))
         .merge(if state.public_metrics {
-            OpenApiRouter::default().routes(logged(routes!(handlers::metrics)))
+            metrics_routes(logged)
         } else {
             OpenApiRouter::default()
         })
@@ -116,13 +116,17 @@ fn allow_others(r: UtoipaMethodRouter<Arc<AppState>>) -> UtoipaMethodRouter<Arc<
     r.map(|m| m.fallback(move || async move { handlers::method_not_allowed(allow) }))
 }
 
-fn metrics_routes() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::default().routes(allow_others(routes!(handlers::metrics)))
+/// `/metrics`, its method router passed through `wrap` (the request log on
+/// the main listener, the 405 fallback alone on its own).
+fn metrics_routes(
+    wrap: impl FnOnce(UtoipaMethodRouter<Arc<AppState>>) -> UtoipaMethodRouter<Arc<AppState>>,
+) -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::default().routes(wrap(routes!(handlers::metrics)))
 }
 
 /// The router of the separate metrics listener (`--metrics-listen`).
 pub fn metrics_router(state: AppState) -> Router {
-    Router::from(metrics_routes()).with_state(Arc::new(state))
+    Router::from(metrics_routes(allow_others)).with_state(Arc::new(state))
 }
 
 /// Limits of the transport, against slow and greedy clients, and TLS.
